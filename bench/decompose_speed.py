@@ -68,7 +68,9 @@ def methods(model:nn.Module, param_ratio:float, ranks:dict) -> dict:
     return {'fasterai_fc auto': ours('auto'), 'fasterai_fc exact': ours('exact'), 'fasterai_fc randomized': ours('randomized'),
             'fasterai 0.4.1': lambda: fasterai_decompose(model, ranks), 'torch.linalg.svd loop': lambda: plain_svd(model, ranks)}
 
-def bench_model(label:str, model:nn.Module, ratios:list, repeats:int) -> list:
+SKIPPABLE = ('fasterai_fc exact', 'torch.linalg.svd loop')  # the exact-SVD rows that `--fast` leaves out
+
+def bench_model(label:str, model:nn.Module, ratios:list, repeats:int, skip:tuple=()) -> list:
     "Table rows: time and singular-value error of each method at each param_ratio"
     exact = {name: torch.linalg.svdvals(m.weight.detach()) for name, m in model.named_modules() if isinstance(m, nn.Linear)}
     rows = []
@@ -79,7 +81,8 @@ def bench_model(label:str, model:nn.Module, ratios:list, repeats:int) -> list:
             factors = factors_of(result, ranks)
             assert {n: f[1].shape[0] for n, f in factors.items()} == ranks, f'{name} did not factorize at the expected ranks'
             errors[name] = max(top_sigma_error(*factors[n], exact[n]) for n in ranks)
-        times = median_seconds(methods(model, ratio, ranks), repeats, warmup=0, on_result=check)
+        chosen = {n: f for n, f in methods(model, ratio, ranks).items() if n not in skip}
+        times = median_seconds(chosen, repeats, warmup=0, on_result=check)
         shown = sorted(set(ranks.values()))
         for name, t in times.items():
             rows.append([label, ratio, ','.join(map(str, shown)), name, f'{t:.3f}', f'{times["fasterai 0.4.1"] / t:.2f}x', f'{errors[name]:.1e}'])
@@ -89,6 +92,8 @@ def bench_model(label:str, model:nn.Module, ratios:list, repeats:int) -> list:
 def main():
     parser = add_common_args(argparse.ArgumentParser(description=__doc__))
     parser.add_argument('--ratios', type=float, nargs='+', default=[0.5, 0.25], help='param_ratio values')
+    parser.add_argument('--models', nargs='+', default=['a', 'b'], choices=['a', 'b'], help='which models to time')
+    parser.add_argument('--fast', action='store_true', help=f'leave out the rows {SKIPPABLE} (each a full exact SVD)')
     args = parser.parse_args()
     set_threads(args.threads, args.quick)
     print_machine('Decomposition time', args.quick)
@@ -105,7 +110,9 @@ def main():
     print(f'(b) Linear({mlp.gate.in_features}, {mlp.gate.out_features}) x 2, Linear({mlp.down.in_features}, {mlp.down.out_features}): '
           f'{"median of %d repeats" % mlp_repeats if mlp_repeats > 1 else "1 repeat (a full SVD of the large layers takes tens of seconds)"}')
     print('Methods run in turn within each repeat; fasterai runs at the percent_removed giving the same rank per layer.\n')
-    rows = bench_model('(a) BERT stack', stack, args.ratios, stack_repeats) + bench_model('(b) 7B MLP', mlp, args.ratios, mlp_repeats)
-    print_table(['model', 'param_ratio', 'ranks', 'method', 'time (s)', 'fasterai time / time', 'max rel. err. top-r sigma'], rows)
+    skip = SKIPPABLE if args.fast else ()
+    head = ['model', 'param_ratio', 'ranks', 'method', 'time (s)', 'fasterai time / time', 'max rel. err. top-r sigma']
+    for key, label, model, repeats in (('a', '(a) BERT stack', stack, stack_repeats), ('b', '(b) 7B MLP', mlp, mlp_repeats)):
+        if key in args.models: print_table(head, bench_model(label, model, args.ratios, repeats, skip)); print(flush=True)
 
 if __name__ == '__main__': main()
