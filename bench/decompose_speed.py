@@ -1,4 +1,4 @@
-"Decomposition time at equal ranks: fasterai_fc (svd_method auto, exact, randomized) vs fasterai 0.4.1 vs a plain torch.linalg.svd loop"
+"Decomposition time at equal ranks: fasterai_fc (svd_method auto, gram, exact, randomized) vs fasterai 0.4.1 vs a plain torch.linalg.svd loop"
 import argparse, gc
 import torch
 import torch.nn as nn
@@ -65,12 +65,13 @@ def top_sigma_error(second:torch.Tensor, first:torch.Tensor, exact:torch.Tensor)
 def methods(model:nn.Module, param_ratio:float, ranks:dict) -> dict:
     "Name -> a function decomposing `model` at `ranks`"
     ours = lambda svd_method: lambda: FC_Decomposer().decompose(model, param_ratio=param_ratio, svd_method=svd_method)
-    return {'fasterai_fc auto': ours('auto'), 'fasterai_fc exact': ours('exact'), 'fasterai_fc randomized': ours('randomized'),
+    return {'fasterai_fc auto': ours('auto'), 'fasterai_fc gram': ours('gram'), 'fasterai_fc exact': ours('exact'),
+            'fasterai_fc randomized': ours('randomized'),
             'fasterai 0.4.1': lambda: fasterai_decompose(model, ranks), 'torch.linalg.svd loop': lambda: plain_svd(model, ranks)}
 
 SKIPPABLE = ('fasterai_fc exact', 'torch.linalg.svd loop')  # the exact-SVD rows that `--fast` leaves out
 
-def bench_model(label:str, model:nn.Module, ratios:list, repeats:int, skip:tuple=()) -> list:
+def bench_model(label:str, model:nn.Module, ratios:list, repeats:int, skip:tuple=(), only:list|None=None) -> list:
     "Table rows: time and singular-value error of each method at each param_ratio"
     exact = {name: torch.linalg.svdvals(m.weight.detach()) for name, m in model.named_modules() if isinstance(m, nn.Linear)}
     rows = []
@@ -81,7 +82,7 @@ def bench_model(label:str, model:nn.Module, ratios:list, repeats:int, skip:tuple
             factors = factors_of(result, ranks)
             assert {n: f[1].shape[0] for n, f in factors.items()} == ranks, f'{name} did not factorize at the expected ranks'
             errors[name] = max(top_sigma_error(*factors[n], exact[n]) for n in ranks)
-        chosen = {n: f for n, f in methods(model, ratio, ranks).items() if n not in skip}
+        chosen = {n: f for n, f in methods(model, ratio, ranks).items() if n not in skip and (only is None or n in only or n == 'fasterai 0.4.1')}
         times = median_seconds(chosen, repeats, warmup=0, on_result=check)
         shown = sorted(set(ranks.values()))
         for name, t in times.items():
@@ -93,6 +94,7 @@ def main():
     parser = add_common_args(argparse.ArgumentParser(description=__doc__))
     parser.add_argument('--ratios', type=float, nargs='+', default=[0.5, 0.25], help='param_ratio values')
     parser.add_argument('--models', nargs='+', default=['a', 'b'], choices=['a', 'b'], help='which models to time')
+    parser.add_argument('--methods', nargs='+', default=None, help="only these rows (and fasterai's), e.g. 'fasterai_fc auto'")
     parser.add_argument('--fast', action='store_true', help=f'leave out the rows {SKIPPABLE} (each a full exact SVD)')
     args = parser.parse_args()
     set_threads(args.threads, args.quick)
@@ -113,6 +115,6 @@ def main():
     skip = SKIPPABLE if args.fast else ()
     head = ['model', 'param_ratio', 'ranks', 'method', 'time (s)', 'fasterai time / time', 'max rel. err. top-r sigma']
     for key, label, model, repeats in (('a', '(a) BERT stack', stack, stack_repeats), ('b', '(b) 7B MLP', mlp, mlp_repeats)):
-        if key in args.models: print_table(head, bench_model(label, model, args.ratios, repeats, skip)); print(flush=True)
+        if key in args.models: print_table(head, bench_model(label, model, args.ratios, repeats, skip, args.methods)); print(flush=True)
 
 if __name__ == '__main__': main()

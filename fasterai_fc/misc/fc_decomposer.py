@@ -4,10 +4,11 @@
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #0f6ca5c4
 from __future__ import annotations
-import copy, fnmatch, itertools, math, numbers, sys, time, warnings, weakref
+import contextlib, copy, fnmatch, functools, itertools, math, numbers, sys, time, warnings, weakref
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, asdict
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -53,6 +54,19 @@ class LowRankLinear(nn.Sequential):
     def weight(self) -> torch.Tensor: return self[1].weight @ self[0].weight
     @property
     def bias(self) -> torch.Tensor|None: return self[1].bias
+
+    def forward(self, x:torch.Tensor) -> torch.Tensor:
+        # the two products directly, without the module calls of nn.Sequential (a few microseconds per call, which
+        # small layers at small batches notice), unless a hook or a replaced factor needs them
+        if not torch.jit.is_scripting() and self._needs_calls(): return super().forward(x)
+        return F.linear(F.linear(x, self[0].weight), self[1].weight, self[1].bias)
+
+    @torch.jit.unused
+    def _needs_calls(self):
+        "Whether the factors must be called as modules: hooks on them or global ones, or factors that are not plain Linear"
+        from torch.nn.modules import module as m
+        return (any(type(f) is not nn.Linear or f._forward_hooks or f._forward_pre_hooks or f._backward_hooks for f in self)
+                or bool(m._global_forward_hooks or m._global_forward_pre_hooks or m._global_backward_hooks))
 
     def __repr__(self):
         return (f'{type(self).__name__}(in_features={self.in_features}, out_features={self.out_features}, '
@@ -227,39 +241,112 @@ def _check_scale(name:str, scale, in_features:int):
 def _scaled_problem(layer:nn.Linear, scale:torch.Tensor, method:str='asvd') -> _Problem:
     "Truncate W diag(scale)"
     weight = _weight(layer)
-    return _Problem(weight * scale.to(weight), method)
+    return _Problem(weight * scale.detach().to(weight), method)
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #9b1c4597
-SVD_METHODS = ('auto', 'exact', 'randomized')
+try:
+    from scipy.linalg import eigh as _scipy_eigh   # LAPACK's syevr: only the eigenvectors asked for
+    from scipy.linalg.blas import ssyrk, dsyrk     # BLAS's syrk: a Gram matrix at half the cost of a matmul
+    _SYRK = {torch.float32: ssyrk, torch.float64: dsyrk}
+except ImportError: _scipy_eigh, _SYRK = None, {}
+try: from threadpoolctl import ThreadpoolController
+except ImportError: ThreadpoolController = None
+
+SVD_METHODS = ('auto', 'gram', 'exact', 'randomized')
+_LINALG_ERRORS = (torch.linalg.LinAlgError, np.linalg.LinAlgError) # no convergence
 
 def _linalg(name:str, fn, matrix:torch.Tensor):
     "`fn(matrix)`, retried in float64 if it does not converge, else a `ValueError` naming the layer"
     try: return fn(matrix)
-    except torch.linalg.LinAlgError:
+    except _LINALG_ERRORS:
         try: return fn(matrix.double())
-        except torch.linalg.LinAlgError as e: raise ValueError(f"Layer '{name}': SVD did not converge ({e})") from None
+        except _LINALG_ERRORS as e: raise ValueError(f"Layer '{name}': SVD did not converge ({e})") from None
 
+# %% ../../nbs/misc/fc_decomposer.ipynb #e5816cff
+_SMALL = 2048 # Gram matrices smaller than this (k < _SMALL) are a torch matmul, and their eigenvectors use one BLAS thread
+
+@functools.cache
+def _blas_pools():
+    "SciPy's BLAS thread pools, or None without threadpoolctl"
+    return ThreadpoolController().select(user_api='blas') if ThreadpoolController else None
+
+def _one_blas_thread():
+    "A context in which SciPy's BLAS uses a single thread"
+    return _blas_pools().limit(limits=1) if _blas_pools() else contextlib.nullcontext()
+
+def _gram(matrix:torch.Tensor, syrk:bool=True) -> tuple:
+    "The smaller Gram matrix of `matrix` (m x n), upper triangle only: `(M M^T, True)` if m <= n, else `(M^T M, False)`"
+    left = matrix.shape[0] <= matrix.shape[1]
+    blas = _SYRK.get(matrix.dtype) if syrk and matrix.device.type == 'cpu' and min(matrix.shape) >= _SMALL else None
+    if blas is None: return (matrix @ matrix.T if left else matrix.T @ matrix), left
+    a = matrix.detach().contiguous().numpy().T  # n x m in Fortran order: BLAS reads it without a copy
+    return torch.from_numpy(blas(1.0, a, trans=int(left))), left
+
+def _top_eigh(gram:torch.Tensor, rank:int, subset:bool=True) -> tuple:
+    "The `rank` largest eigenvalues (descending) and eigenvectors of a symmetric matrix given by its upper triangle"
+    k = gram.shape[0]
+    if subset and _scipy_eigh is not None and gram.device.type == 'cpu' and rank < k:
+        # syevr gains little from a second thread on small matrices, and OpenBLAS threads left spinning afterwards
+        # would slow down torch's next products
+        with _one_blas_thread() if k < _SMALL else contextlib.nullcontext():
+            w, v = _scipy_eigh(gram.numpy(), lower=False, subset_by_index=[k - rank, k - 1], driver='evr', check_finite=False)
+        return torch.from_numpy(w[::-1].copy()), torch.from_numpy(v[:, ::-1].copy())
+    w, v = torch.linalg.eigh(gram, UPLO='U')
+    return w.flip(0)[:rank], v.flip(1)[:, :rank]
+
+_GRAM_FLOOR = 1e-5 # in float32, kept eigenvalues below this fraction of the largest are redone in float64
+
+def _gram_basis(matrix:torch.Tensor, # M, m x n
+                rank:int,            # How many singular vectors
+                right:bool=False,    # Whether a right basis (n x rank) may be returned, when it is the cheaper one
+                subset:bool=True,    # Use SciPy's syrk and partial eigensolver when they apply
+                floor:float=_GRAM_FLOOR, # Redo in float64 when a kept eigenvalue is below floor x the largest
+               ) -> tuple:
+    "`(basis, left)`: an orthonormal basis of the top-`rank` left (m x rank) or right (n x rank) singular subspace of `matrix`"
+    gram, left = _gram(matrix, subset)
+    w, v = _top_eigh(gram, rank, subset)
+    if not torch.isfinite(w).all(): raise torch.linalg.LinAlgError('non-finite eigenvalues')
+    if matrix.dtype != torch.float64 and w[-1] < floor * w[0]: # the squared condition number outgrew float32
+        basis, left = _gram_basis(matrix.double(), rank, right, subset)
+        return basis.to(matrix.dtype), left
+    v = v.to(matrix)
+    if left or right: return v, left
+    return torch.linalg.qr(matrix @ v).Q, True  # the left basis spans M V_r
+
+def _gram_spectrum(matrix:torch.Tensor) -> torch.Tensor:
+    "All singular values of `matrix`, descending, from the eigenvalues of its smaller Gram matrix"
+    return torch.linalg.eigvalsh(_gram(matrix)[0], UPLO='U').flip(0).clamp_min(0).sqrt()
+
+# %% ../../nbs/misc/fc_decomposer.ipynb #d31313a5
 def _oversampling(rank:int) -> int: return max(10, rank // 2)
 _POWER_ITERATIONS = 6  # with rank/2 oversampling: kept singular values within 0.1% of exact ones on a flat spectrum
 
-def _use_randomized(svd_method:str, rank:int, k:int) -> bool:
-    "Whether the top `rank` of `k` singular triplets are computed by the randomized method"
-    if svd_method != 'auto': return svd_method == 'randomized'
-    return k >= 512 and rank + _oversampling(rank) <= k // 4
+def _costs(rank:int, m:int, n:int) -> tuple:
+    "Rough operation counts of the gram and randomized methods for the top `rank` of an m x n matrix"
+    k, b, q = min(m, n), min(rank + _oversampling(rank), min(m, n)), _POWER_ITERATIONS
+    gram = k * k * max(m, n) + 6 * k ** 3                    # Gram product + eigendecomposition
+    randomized = (2 * q + 2) * m * n * b + (q + 1) * 4 * (m + n) * b * b # products with M + orthonormalizations
+    return gram, randomized
 
-def _top_singular(name:str, matrix:torch.Tensor, rank:int, svd_method:str='auto') -> tuple:
-    "The top `rank` left singular vectors of `matrix`, and the energy of the other singular values (None if not computed)"
-    k = min(matrix.shape)
-    if _use_randomized(svd_method, rank, k):
-        q = min(rank + _oversampling(rank), k)
+def _auto_method(rank:int, m:int, n:int) -> str:
+    "The method 'auto' takes: randomized where it costs less than half the Gram method, else gram"
+    gram, randomized = _costs(rank, m, n)
+    return 'randomized' if 2 * randomized < gram else 'gram'
+
+def _top_singular(name:str, matrix:torch.Tensor, rank:int, svd_method:str='auto', right:bool=False) -> tuple:
+    "`(basis, left, tail)`: top-`rank` singular vectors of `matrix` (right ones only if `right` allows), tail energy or None"
+    method = _auto_method(rank, *matrix.shape) if svd_method == 'auto' else svd_method
+    if method == 'gram': return *_linalg(name, lambda m: _gram_basis(m, rank, right), matrix), None
+    if method == 'randomized':
+        q = min(rank + _oversampling(rank), min(matrix.shape))
         U, _, _ = _linalg(name, lambda m: torch.svd_lowrank(m, q=q, niter=_POWER_ITERATIONS), matrix)
-        return U[:, :rank].to(matrix.dtype), None
+        return U[:, :rank].to(matrix.dtype), True, None
     U, sigma, _ = _linalg(name, lambda m: torch.linalg.svd(m, full_matrices=False), matrix)
-    return U[:, :rank].to(matrix.dtype), float(sigma[rank:].double().pow(2).sum())
+    return U[:, :rank].to(matrix.dtype), True, float(sigma[rank:].double().pow(2).sum())
 
-def _spectrum(name:str, matrix:torch.Tensor) -> torch.Tensor:
-    "All singular values of `matrix` (no vectors: cheaper than a full SVD)"
-    return _linalg(name, torch.linalg.svdvals, matrix)
+def _spectrum(name:str, matrix:torch.Tensor, svd_method:str='auto') -> torch.Tensor:
+    "All singular values of `matrix`: from the Gram matrix's eigenvalues, or `svdvals` with svd_method='exact'"
+    return _linalg(name, torch.linalg.svdvals if svd_method == 'exact' else _gram_spectrum, matrix)
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #6b7030e1
 def _dense_row(name:str, layer:nn.Linear, reason:str, method:str='') -> LayerReport:
@@ -267,39 +354,48 @@ def _dense_row(name:str, layer:nn.Linear, reason:str, method:str='') -> LayerRep
     n = count_params(layer)
     return LayerReport(name, layer.in_features, layer.out_features, None, n, n, 1.0, 0.0, reason, method)
 
+def _param(t:torch.Tensor, like:nn.Parameter) -> nn.Parameter:
+    "`t` as a parameter with the dtype, device and `requires_grad` of `like` (no copy when they already match)"
+    return nn.Parameter(t.detach().to(like).contiguous(), requires_grad=like.requires_grad)
+
 def _low_rank_from_factors(layer:nn.Linear, first:torch.Tensor, second:torch.Tensor) -> LowRankLinear:
     "A `LowRankLinear` holding `first` (rank x in) and `second` (out x rank) with the dtype, device, bias and mode of `layer`"
-    weight = layer.weight
     new = LowRankLinear.__new__(LowRankLinear)
-    nn.Sequential.__init__(new, _dense_like(layer.in_features, first.shape[0], False, weight),
-                           _dense_like(first.shape[0], layer.out_features, layer.bias is not None, weight))
-    with torch.no_grad():
-        new[0].weight.copy_(first)
-        new[1].weight.copy_(second)
-        if layer.bias is not None: new[1].bias.copy_(layer.bias)
-    new[0].weight.requires_grad_(weight.requires_grad)
-    new[1].weight.requires_grad_(weight.requires_grad)
-    if layer.bias is not None: new[1].bias.requires_grad_(layer.bias.requires_grad)
+    inner = nn.utils.skip_init(nn.Linear, layer.in_features, first.shape[0], bias=False, device='meta')
+    outer = nn.utils.skip_init(nn.Linear, first.shape[0], layer.out_features, bias=layer.bias is not None, device='meta')
+    inner.weight, outer.weight = _param(first, layer.weight), _param(second, layer.weight)
+    if layer.bias is not None: outer.bias = _param(layer.bias.clone(), layer.bias)
+    nn.Sequential.__init__(new, inner, outer)
     return new.train(layer.training)
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #9174a4bd
+def _sq_norm(x:torch.Tensor) -> float: return float(torch.linalg.vector_norm(x)) ** 2
+
+def _factors(weight:torch.Tensor, basis:torch.Tensor, left:bool) -> tuple:
+    "`(first, second)`: W ~ U (U^T W) from a left basis U, or W ~ (W V) V^T from a right one (plain SVD only)"
+    basis = basis.to(weight.dtype)
+    return (basis.T @ weight, basis) if left else (basis.T, weight @ basis)
+
+def _dropped(problem:_Problem, basis:torch.Tensor, first:torch.Tensor, second:torch.Tensor) -> float:
+    "Energy the factorization drops from M: that of the residual itself, exact whether or not the basis is orthonormal to the last bit"
+    approx = second @ first if problem.method == 'svd' else basis @ (basis.T @ problem.matrix)
+    return _sq_norm(problem.matrix - approx)
+
 def _factorize(name:str, layer:nn.Linear, problem:_Problem, rule:tuple, force:bool=False, svd_method:str='auto'):
     "Factorize `layer` through `problem` by `rule`: `(LowRankLinear, row)`, or `(None, row)` when it stays dense"
     n_in, n_out = layer.in_features, layer.out_features
-    sigma = _spectrum(name, problem.matrix) if rule[0] == 'energy_threshold' else None
+    sigma = _spectrum(name, problem.matrix, svd_method) if rule[0] == 'energy_threshold' else None
     rank = choose_rank(rule, n_in, n_out, sigma)
     if not (force or saves_parameters(rank, n_in, n_out)):
         return None, _dense_row(name, layer, f'rank {rank} saves nothing: {rank}x({n_in}+{n_out}) >= {n_in}x{n_out}', problem.method)
-    U, tail = _top_singular(name, problem.matrix, rank, svd_method)
-    weight = _weight(layer)
-    first = U.to(weight.dtype).T @ weight
-    new = _low_rank_from_factors(layer, first, U.to(weight.dtype))
-    # energy kept by this very factorization, exact whichever SVD made U; the tail, when known, avoids cancellation
-    kept = float((first if problem.method == 'svd' else U.T @ problem.matrix).double().pow(2).sum())
-    total = float(problem.matrix.double().pow(2).sum())
-    dropped = tail if tail is not None else max(total - kept, 0.0)
-    total = kept + dropped
-    return new, LayerReport(name, n_in, n_out, rank, count_params(layer), count_params(new), kept / total if total else 1.0,
+    basis, left, tail = _top_singular(name, problem.matrix, rank, svd_method, right=problem.method == 'svd')
+    weight = problem.matrix if problem.method == 'svd' else _weight(layer)
+    first, second = _factors(weight, basis, left)
+    new = _low_rank_from_factors(layer, first, second)
+    # the tail of an exact SVD is exact; otherwise the residual is measured (a difference of norms would cancel)
+    dropped = tail if tail is not None else _dropped(problem, basis.to(weight.dtype), first, second)
+    total = max(_sq_norm(problem.matrix), dropped)
+    return new, LayerReport(name, n_in, n_out, rank, count_params(layer), count_params(new), 1 - dropped / total if total else 1.0,
                             math.sqrt(dropped / total) if total else 0.0, method=problem.method)
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #e7cb1417
@@ -484,10 +580,11 @@ def _problem(layer:nn.Linear, method:str, stats:_InputStats|None, alpha:float=0.
 class Calibration:
     "Input statistics of a model's Linear layers on calibration data, reusable across `decompose` calls"
     def __init__(self, layers:list, stats:list, method:str):
-        self.layers, self.stats, self.method = layers, stats, method
+        # weak references: holding a calibration must not keep the layers alive once `inplace=True` has replaced them
+        self.layers, self.stats, self.method = [weakref.ref(l) for l in layers], stats, method
     def get(self, layer:nn.Linear) -> _InputStats|None:
         "The statistics of `layer`, or None if it was not calibrated"
-        return next((s for l, s in zip(self.layers, self.stats) if l is layer), None)
+        return next((s for l, s in zip(self.layers, self.stats) if l() is layer), None)
     def __repr__(self): return f"Calibration(method={self.method!r}, {len(self.layers)} layers, {max((s.count for s in self.stats), default=0):,} input rows)"
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #32593666
@@ -608,16 +705,28 @@ class _Plan:
 # %% ../../nbs/misc/fc_decomposer.ipynb #949a09f0
 def _global_rules(plan:_Plan, targets:list, stats:list, param_ratio:float) -> list:
     "Per-layer rules `('rank', r)` (None: dense) from a global allocation of the budget"
-    spectra = [(_spectrum(t.names[0], plan.problem(t.layer, s).matrix), t.layer.in_features, t.layer.out_features)
+    spectra = [(_spectrum(t.names[0], plan.problem(t.layer, s).matrix, plan.svd_method), t.layer.in_features, t.layer.out_features)
                for t, s in zip(targets, stats)]
     return [None if r is None else ('rank', r) for r in allocate_ranks(spectra, param_ratio)]
 
-def _factorize_all(plan:_Plan, targets:list, rule:tuple, allocation:str, sequential:bool) -> list:
-    "`(new module or None, report row)` for each target"
+def _one_by_one(plan:_Plan, targets:list, rules:list, stats:list, on_done=None) -> list:
+    "Factorize the targets in turn; `on_done(target, result)` takes each result as soon as it is ready"
+    results = []
+    for i, t in enumerate(targets):
+        try: results.append(plan.factorize(t.names[0], t.layer, rules[i], stats[i]))
+        except BaseException as e:
+            done = [t.names[0] for t, (new, _) in zip(targets, results) if new is not None]
+            if on_done and done and hasattr(e, 'add_note'): e.add_note(f"Already factorized in place: {', '.join(done)}")
+            raise
+        stats[i] = None # this layer's statistics are no longer needed
+        if on_done: on_done(t, results[-1])
+    return results
+
+def _factorize_all(plan:_Plan, targets:list, rule:tuple, allocation:str, sequential:bool, on_done=None) -> list:
+    "`(new module or None, report row)` for each target; `on_done` as in `_one_by_one` (not with `sequential`)"
     stats = plan.stats([t.layer for t in targets]) if not (sequential and plan.batches) or allocation == 'global' else None
     rules = _global_rules(plan, targets, stats, rule[1]) if allocation == 'global' else [rule] * len(targets)
-    if not (sequential and plan.batches):
-        return [plan.factorize(t.names[0], t.layer, r, s) for t, r, s in zip(targets, rules, stats)]
+    if not (sequential and plan.batches): return _one_by_one(plan, targets, rules, stats, on_done)
     results, undo = [None] * len(targets), []
     try:
         for i in _call_order(plan.model, [t.layer for t in targets], plan.batches[0]):
@@ -626,6 +735,14 @@ def _factorize_all(plan:_Plan, targets:list, rule:tuple, allocation:str, sequent
             if results[i][0] is not None: undo += _swap_in(plan.model, {id(t.layer): results[i][0]})
     finally: _undo(undo)
     return results
+
+def _streamer(model:nn.Module):
+    "An `on_done` that swaps each factorized layer into `model` at once and lets go of the original"
+    def swap(target:_Target, result:tuple):
+        if result[0] is None: return
+        _swap_in(model, {id(target.layer): result[0]})
+        target.layer = None # the model no longer holds it: its memory is free for the next layer
+    return swap
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #1c48c9f5
 class FC_Decomposer:
@@ -648,7 +765,7 @@ class FC_Decomposer:
                   sequential:bool=False,               # Calibrate each layer on the outputs of the layers already factorized
                   alpha:float=0.5,                     # Exponent of the activation scales of 'asvd'
                   damping:float=0.0,                   # 'whiten': add damping * mean(diag G) to the Gram matrix's diagonal
-                  svd_method:str='auto',               # 'exact', 'randomized', or 'auto' (per layer, by cost)
+                  svd_method:str='auto',               # 'gram', 'exact', 'randomized', or 'auto' (per layer, by cost)
                   force:bool=False,                    # Factorize even layers where it saves no parameters
                   inplace:bool=False,                  # Modify and return `model` itself instead of a copy
                  ) -> nn.Module:
@@ -660,17 +777,19 @@ class FC_Decomposer:
         if not targets: warnings.warn("The model has no nn.Linear layer to decompose", stacklevel=2)
         for t in targets: _check_linear(t.names[0], t.layer)
         tied = _tied_names(model, targets)
-        reasons = {id(t.layer): _dense_reason(t.layer, t.parents, tied[id(t.layer)]) for t in targets}
-        active = [t for t in targets if not reasons[id(t.layer)]]
+        reasons = [_dense_reason(t.layer, t.parents, tied[id(t.layer)]) for t in targets]
+        active = [t for t, reason in zip(targets, reasons) if not reason]
         if sequential and isinstance(data, Calibration): raise ValueError("sequential=True recalibrates layer by layer: pass the data itself")
         batches = data if data is None or isinstance(data, Calibration) else _batches(data, n_batches)
         plan = _Plan(model, method, batches, alpha, damping, svd_method, force)
-        done = {id(t.layer): res for t, res in zip(active, _factorize_all(plan, active, rule, allocation, sequential))}
-        self.report = DecompositionReport(done[id(t.layer)][1] if id(t.layer) in done else _dense_row(t.names[0], t.layer, reasons[id(t.layer)])
-                                          for t in targets)
-        new_of = {i: new for i, (new, _) in done.items() if new is not None}
-        if targets and not new_of: warnings.warn(f"No layer was factorized (see .report): {self.report[0].skipped}", stacklevel=2)
-        return _replace(model, new_of, inplace)
+        # in place, each layer is swapped in as soon as it is factorized (everything that can be checked already was)
+        stream = inplace and not sequential and not any(t.layer is model for t in active)
+        results = iter(_factorize_all(plan, active, rule, allocation, sequential, _streamer(model) if stream else None))
+        done = [(None, _dense_row(t.names[0], t.layer, reason)) if reason else next(results) for t, reason in zip(targets, reasons)]
+        self.report = DecompositionReport(row for _, row in done)
+        if targets and not self.report.factorized: warnings.warn(f"No layer was factorized (see .report): {self.report[0].skipped}", stacklevel=2)
+        if stream: return model
+        return _replace(model, {id(t.layer): new for t, (new, _) in zip(targets, done) if new is not None}, inplace)
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #ea522f25
 def _calibrate(self:FC_Decomposer,
