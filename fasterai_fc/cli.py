@@ -206,7 +206,8 @@ def _decompose(args):
     if out.resolve() == source.resolve(): raise CLIError(f"--out {out} would overwrite the input")
     _check_linear(model, source)
     rule = {name: getattr(args, name) for name in _RULES if getattr(args, name) is not None}
-    small, report, notes = _decompose_quietly(model, layers=args.layers, exclude=args.exclude, force=args.force, **rule)
+    # in place: the freshly loaded model is ours, and a large checkpoint then needs its own size plus one layer, not two copies
+    small, report, notes = _decompose_quietly(model, layers=args.layers, exclude=args.exclude, force=args.force, inplace=True, **rule)
     print(report)
     for note in notes: print(f'note: {note}')
     if kind == 'pickle' and out.suffix != '.safetensors':

@@ -369,17 +369,21 @@ def _low_rank_from_factors(layer:nn.Linear, first:torch.Tensor, second:torch.Ten
     return new.train(layer.training)
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #9174a4bd
-def _sq_norm(x:torch.Tensor) -> float: return float(torch.linalg.vector_norm(x)) ** 2
+def _sq_norm(x:torch.Tensor) -> float: return float(x.pow(2).sum()) # sum's cascade summation: accurate in float32 too
 
 def _factors(weight:torch.Tensor, basis:torch.Tensor, left:bool) -> tuple:
     "`(first, second)`: W ~ U (U^T W) from a left basis U, or W ~ (W V) V^T from a right one (plain SVD only)"
     basis = basis.to(weight.dtype)
     return (basis.T @ weight, basis) if left else (basis.T, weight @ basis)
 
-def _dropped(problem:_Problem, basis:torch.Tensor, first:torch.Tensor, second:torch.Tensor) -> float:
-    "Energy the factorization drops from M: that of the residual itself, exact whether or not the basis is orthonormal to the last bit"
-    approx = second @ first if problem.method == 'svd' else basis @ (basis.T @ problem.matrix)
-    return _sq_norm(problem.matrix - approx)
+def _dropped(problem:_Problem, basis:torch.Tensor, left:bool, first:torch.Tensor, second:torch.Tensor, total:float) -> float:
+    "Energy the truncation drops from M, without forming the residual, exact even for a basis orthonormal only to rounding"
+    # with coefficients C (U^T M for a left basis U, M V for a right one V) and E = Q^T Q - I for the basis Q:
+    # ||M - Q C||^2 = ||M||^2 - ||C||^2 + <C C^T, E> (left; C^T C for right): r x r products, no m x n residual
+    coef = (first if problem.method == 'svd' else basis.T @ problem.matrix) if left else second
+    gram = coef @ coef.T if left else coef.T @ coef
+    ortho = basis.T @ basis - torch.eye(basis.shape[1], dtype=basis.dtype, device=basis.device)
+    return max(total - _sq_norm(coef) + float((gram.double() * ortho.double()).sum()), 0.0)
 
 def _factorize(name:str, layer:nn.Linear, problem:_Problem, rule:tuple, force:bool=False, svd_method:str='auto'):
     "Factorize `layer` through `problem` by `rule`: `(LowRankLinear, row)`, or `(None, row)` when it stays dense"
@@ -392,9 +396,10 @@ def _factorize(name:str, layer:nn.Linear, problem:_Problem, rule:tuple, force:bo
     weight = problem.matrix if problem.method == 'svd' else _weight(layer)
     first, second = _factors(weight, basis, left)
     new = _low_rank_from_factors(layer, first, second)
-    # the tail of an exact SVD is exact; otherwise the residual is measured (a difference of norms would cancel)
-    dropped = tail if tail is not None else _dropped(problem, basis.to(weight.dtype), first, second)
-    total = max(_sq_norm(problem.matrix), dropped)
+    # the tail of an exact SVD is exact; otherwise it is measured on this very factorization
+    total = _sq_norm(problem.matrix)
+    dropped = tail if tail is not None else _dropped(problem, basis.to(weight.dtype), left, first, second, total)
+    total = max(total, dropped)
     return new, LayerReport(name, n_in, n_out, rank, count_params(layer), count_params(new), 1 - dropped / total if total else 1.0,
                             math.sqrt(dropped / total) if total else 0.0, method=problem.method)
 
