@@ -28,12 +28,19 @@ def bench_pair(label:str, shape:str, dense:nn.Module, fraction:Fraction, batch:i
     flop_ratio = count_flops(low) / count_flops(dense)
     with torch.inference_mode():
         fns = {'dense': lambda: dense(x), 'factorized': lambda: low(x)}
+        if isinstance(low, LowRankLinear): fns['bare'] = bare_products(low, x) # the floor: BLAS alone, no module at all
         repeats = repeats_for(fns['dense'], seconds / 2, most)
         times = median_seconds(fns, repeats, warmup=3)
     speedup = times['dense'] / times['factorized']
+    bare = f'{times["dense"] / times["bare"] * flop_ratio:.0%}' if 'bare' in times else '-'
     ranks = sorted({m.rank for m in low.modules() if isinstance(m, LowRankLinear)})
     return [label, shape, batch, f'{fraction} ({",".join(map(str, ranks))})', f'{flop_ratio:.3f}', repeats,
-            f'{times["dense"] * 1e3:.3f}', f'{times["factorized"] * 1e3:.3f}', f'{speedup:.2f}x', f'{speedup * flop_ratio:.0%}']
+            f'{times["dense"] * 1e3:.3f}', f'{times["factorized"] * 1e3:.3f}', f'{speedup:.2f}x', f'{speedup * flop_ratio:.0%}', bare]
+
+def bare_products(low:LowRankLinear, x:torch.Tensor):
+    "The two matrix products of `low` as bare `torch.mm`/`torch.addmm` calls on pre-transposed contiguous factors"
+    first_t, second_t, bias = low[0].weight.T.contiguous(), low[1].weight.T.contiguous(), low[1].bias
+    return lambda: torch.addmm(bias, torch.mm(x, first_t), second_t)
 
 def main():
     parser = add_common_args(argparse.ArgumentParser(description=__doc__))
@@ -50,9 +57,11 @@ def main():
     print('rank = fraction x min(in, out), factorized with fasterai_fc (force=True: 1/2 of a square layer saves nothing);')
     print('torch.inference_mode, float32, 3 warm-up calls, then dense and factorized called in turn, median of the repeats')
     print(f'(about {seconds} s per cell). FLOP ratio = r(in+out)/(in*out); ideal speedup = 1 / FLOP ratio; '
-          f'fraction of ideal = speedup x FLOP ratio.\n')
+          f'fraction of ideal = speedup x FLOP ratio.')
+    print('Last column: the same for the two products alone (torch.mm then torch.addmm on pre-transposed factors, no module):')
+    print('the floor set by the BLAS on these shapes.\n')
     rows = [bench_pair(label, shape, model, f, b, seconds, most) for label, shape, model in models for b in batches for f in fractions]
     print_table(['model', 'shape', 'batch', 'rank fraction (rank)', 'FLOP ratio', 'repeats', 'dense (ms)', 'factorized (ms)',
-                 'speedup', 'fraction of ideal'], rows)
+                 'speedup', 'fraction of ideal', 'bare GEMMs: fraction of ideal'], rows)
 
 if __name__ == '__main__': main()

@@ -28,6 +28,15 @@ def _work_dtype(dtype:torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #4b758197
+from torch.nn.modules import module as _torch_module
+
+def _needs_calls(first:nn.Module, second:nn.Module) -> bool:
+    "Whether the factors must be called as modules: hooks on them or global ones, or factors that are not plain Linear"
+    return bool(type(first) is not nn.Linear or type(second) is not nn.Linear
+                or first._forward_hooks or first._forward_pre_hooks or first._backward_hooks
+                or second._forward_hooks or second._forward_pre_hooks or second._backward_hooks
+                or _torch_module._global_forward_hooks or _torch_module._global_forward_pre_hooks or _torch_module._global_backward_hooks)
+
 class LowRankLinear(nn.Sequential):
     "A Linear layer factorized as `Linear(in_features, rank, bias=False)` then `Linear(rank, out_features)`"
     def __init__(self,
@@ -56,17 +65,16 @@ class LowRankLinear(nn.Sequential):
     def bias(self) -> torch.Tensor|None: return self[1].bias
 
     def forward(self, x:torch.Tensor) -> torch.Tensor:
-        # the two products directly, without the module calls of nn.Sequential (a few microseconds per call, which
-        # small layers at small batches notice), unless a hook or a replaced factor needs them
-        if not torch.jit.is_scripting() and self._needs_calls(): return super().forward(x)
-        return F.linear(F.linear(x, self[0].weight), self[1].weight, self[1].bias)
+        if torch.jit.is_scripting(): return F.linear(F.linear(x, self[0].weight), self[1].weight, self[1].bias)
+        return self._eager(x)
 
     @torch.jit.unused
-    def _needs_calls(self):
-        "Whether the factors must be called as modules: hooks on them or global ones, or factors that are not plain Linear"
-        from torch.nn.modules import module as m
-        return (any(type(f) is not nn.Linear or f._forward_hooks or f._forward_pre_hooks or f._backward_hooks for f in self)
-                or bool(m._global_forward_hooks or m._global_forward_pre_hooks or m._global_backward_hooks))
+    def _eager(self, x:torch.Tensor) -> torch.Tensor:
+        # the two products directly: the module calls of nn.Sequential, and even its indexing, cost microseconds that
+        # small layers at small batches notice. Hooks on a factor, or a factor that is not a plain Linear, get them back
+        first, second = self._modules.values()
+        if _needs_calls(first, second): return second(first(x))
+        return F.linear(F.linear(x, first.weight), second.weight, second.bias)
 
     def __repr__(self):
         return (f'{type(self).__name__}(in_features={self.in_features}, out_features={self.out_features}, '
@@ -354,17 +362,13 @@ def _dense_row(name:str, layer:nn.Linear, reason:str, method:str='') -> LayerRep
     n = count_params(layer)
     return LayerReport(name, layer.in_features, layer.out_features, None, n, n, 1.0, 0.0, reason, method)
 
-def _param(t:torch.Tensor, like:nn.Parameter) -> nn.Parameter:
-    "`t` as a parameter with the dtype, device and `requires_grad` of `like` (no copy when they already match)"
-    return nn.Parameter(t.detach().to(like).contiguous(), requires_grad=like.requires_grad)
-
 def _low_rank_from_factors(layer:nn.Linear, first:torch.Tensor, second:torch.Tensor) -> LowRankLinear:
     "A `LowRankLinear` holding `first` (rank x in) and `second` (out x rank) with the dtype, device, bias and mode of `layer`"
     new = LowRankLinear.__new__(LowRankLinear)
     inner = nn.utils.skip_init(nn.Linear, layer.in_features, first.shape[0], bias=False, device='meta')
     outer = nn.utils.skip_init(nn.Linear, first.shape[0], layer.out_features, bias=layer.bias is not None, device='meta')
-    inner.weight, outer.weight = _param(first, layer.weight), _param(second, layer.weight)
-    if layer.bias is not None: outer.bias = _param(layer.bias.clone(), layer.bias)
+    inner.weight, outer.weight = (nn.Parameter(f.detach().to(layer.weight).contiguous(), requires_grad=layer.weight.requires_grad) for f in (first, second))
+    if layer.bias is not None: outer.bias = nn.Parameter(layer.bias.detach().clone(), requires_grad=layer.bias.requires_grad)
     nn.Sequential.__init__(new, inner, outer)
     return new.train(layer.training)
 
