@@ -29,6 +29,14 @@ def print_machine(title:str, quick:bool):
           f'torch threads: {torch.get_num_threads()}; OMP_NUM_THREADS={os.environ.get("OMP_NUM_THREADS")}; load average: {load}')
     print(f'python {platform.python_version()}; torch {torch.__version__}\n')
 
+def start(parser, title:str):
+    "Parse the arguments, set the threads, print the machine and seed torch: the opening of every benchmark's `main`"
+    args = parser.parse_args()
+    set_threads(args.threads, args.quick)
+    print_machine(title, args.quick)
+    torch.manual_seed(0)
+    return args
+
 def median_seconds(fns:dict, repeats:int, warmup:int=1, on_result=None) -> dict:
     "Median wall time of each function in `fns`, called in turn within each repeat (fair under drifting load)"
     for _ in range(warmup):

@@ -3,7 +3,7 @@ import argparse, gc
 import torch
 import torch.nn as nn
 from fasterai_fc.misc.fc_decomposer import FC_Decomposer, choose_rank, saves_parameters
-from common import add_common_args, set_threads, print_machine, median_seconds, print_table
+from common import add_common_args, median_seconds, print_table, start
 from reference import fasterai_decompose
 
 def decaying_weight(out_features:int, in_features:int, gen:torch.Generator) -> torch.Tensor:
@@ -96,9 +96,7 @@ def main():
     parser.add_argument('--models', nargs='+', default=['a', 'b'], choices=['a', 'b'], help='which models to time')
     parser.add_argument('--methods', nargs='+', default=None, help="only these rows (and fasterai's), e.g. 'fasterai_fc auto'")
     parser.add_argument('--fast', action='store_true', help=f'leave out the rows {SKIPPABLE} (each a full exact SVD)')
-    args = parser.parse_args()
-    set_threads(args.threads, args.quick)
-    print_machine('Decomposition time', args.quick)
+    args = start(parser, 'Decomposition time')
     gen = torch.Generator().manual_seed(0)
     # (a) BERT-base: 12 blocks, 768 -> 3072; (b) LLaMA-7B MLP: 4096 -> 11008. Quick: the same structure, small.
     decaying_linear = lambda out_features, in_features: linear_with(decaying_weight(out_features, in_features, gen))

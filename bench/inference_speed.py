@@ -4,7 +4,7 @@ from fractions import Fraction
 import torch
 import torch.nn as nn
 from fasterai_fc.misc.fc_decomposer import FC_Decomposer, LowRankLinear, count_flops
-from common import add_common_args, set_threads, print_machine, median_seconds, print_table
+from common import add_common_args, median_seconds, print_table, start
 
 def bert_mlp() -> nn.Module:
     "The MLP of a BERT-base block: Linear(768, 3072), GELU, Linear(3072, 768)"
@@ -45,10 +45,7 @@ def bare_products(low:LowRankLinear, x:torch.Tensor):
 def main():
     parser = add_common_args(argparse.ArgumentParser(description=__doc__))
     parser.add_argument('--seconds', type=float, default=None, help='time budget per (model, rank, batch) cell (default 2, quick 0.2)')
-    args = parser.parse_args()
-    set_threads(args.threads, args.quick)
-    print_machine('Inference latency', args.quick)
-    torch.manual_seed(0)
+    args = start(parser, 'Inference latency')
     sizes = [(512, 512), (768, 3072)] if args.quick else [(512, 512), (1024, 1024), (2048, 2048), (4096, 4096), (768, 3072)]
     fractions = [Fraction(1, 2), Fraction(1, 8)] if args.quick else [Fraction(1, n) for n in (2, 4, 8, 16)]
     batches = [1, 32] if args.quick else [1, 32, 256]

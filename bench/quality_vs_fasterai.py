@@ -5,7 +5,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from fasterai_fc.misc.fc_decomposer import FC_Decomposer
 from fasterai_fc.misc.examples import trained_digits_mlp, accuracy
-from common import add_common_args, set_threads, print_machine, print_table
+from common import add_common_args, print_table, start
 from reference import fasterai_decompose, factorized_ranks
 
 STDLIB_MODULES = sorted(['argparse', 'asyncio', 'base64', 'bisect', 'calendar', 'collections', 'contextlib', 'copy', 'csv',
@@ -136,10 +136,7 @@ def minilm_rows(budgets:list, n_sentences:int) -> list:
 def main():
     parser = add_common_args(argparse.ArgumentParser(description=__doc__))
     parser.add_argument('--sentences', type=int, default=None, help='MiniLM calibration and held-out sentences, each (default 256, quick 64)')
-    args = parser.parse_args()
-    set_threads(args.threads, args.quick)
-    print_machine('Quality at equal budgets: fasterai_fc vs fasterai 0.4.1', args.quick)
-    torch.manual_seed(0)
+    args = start(parser, 'Quality at equal budgets: fasterai_fc vs fasterai 0.4.1')
     digits_budgets, minilm_budgets = ([0.5, 0.1], [0.6]) if args.quick else ([0.5, 0.25, 0.1], [0.8, 0.6, 0.4])
     print('Budgets are param_ratio; fasterai runs at the rank fasterai_fc\'s per-layer rule gives each layer (its percent_removed')
     print('chosen per layer), so every row but "whiten global" has the same ranks. Digits: the first 4 training batches of 64')

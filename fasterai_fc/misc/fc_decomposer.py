@@ -30,11 +30,12 @@ def _work_dtype(dtype:torch.dtype) -> torch.dtype:
 # %% ../../nbs/misc/fc_decomposer.ipynb #4b758197
 from torch.nn.modules import module as _torch_module
 
+def _has_hooks(m:nn.Module) -> bool:
+    return any(len(h) for h in (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, getattr(m, '_backward_pre_hooks', {})))
+
 def _needs_calls(first:nn.Module, second:nn.Module) -> bool:
     "Whether the factors must be called as modules: hooks on them or global ones, or factors that are not plain Linear"
-    return bool(type(first) is not nn.Linear or type(second) is not nn.Linear
-                or first._forward_hooks or first._forward_pre_hooks or first._backward_hooks
-                or second._forward_hooks or second._forward_pre_hooks or second._backward_hooks
+    return bool(type(first) is not nn.Linear or type(second) is not nn.Linear or _has_hooks(first) or _has_hooks(second)
                 or _torch_module._global_forward_hooks or _torch_module._global_forward_pre_hooks or _torch_module._global_backward_hooks)
 
 class LowRankLinear(nn.Sequential):
@@ -365,8 +366,9 @@ def _dense_row(name:str, layer:nn.Linear, reason:str, method:str='') -> LayerRep
 def _low_rank_from_factors(layer:nn.Linear, first:torch.Tensor, second:torch.Tensor) -> LowRankLinear:
     "A `LowRankLinear` holding `first` (rank x in) and `second` (out x rank) with the dtype, device, bias and mode of `layer`"
     new = LowRankLinear.__new__(LowRankLinear)
-    inner = nn.utils.skip_init(nn.Linear, layer.in_features, first.shape[0], bias=False, device='meta')
-    outer = nn.utils.skip_init(nn.Linear, first.shape[0], layer.out_features, bias=layer.bias is not None, device='meta')
+    meta = torch.empty(0, device='meta')  # shells only: their parameters are the factors themselves, not copies
+    inner = _dense_like(layer.in_features, first.shape[0], False, meta)
+    outer = _dense_like(first.shape[0], layer.out_features, layer.bias is not None, meta)
     inner.weight, outer.weight = (nn.Parameter(f.detach().to(layer.weight).contiguous(), requires_grad=layer.weight.requires_grad) for f in (first, second))
     if layer.bias is not None: outer.bias = nn.Parameter(layer.bias.detach().clone(), requires_grad=layer.bias.requires_grad)
     nn.Sequential.__init__(new, inner, outer)
@@ -377,7 +379,6 @@ def _sq_norm(x:torch.Tensor) -> float: return float(x.pow(2).sum()) # sum's casc
 
 def _factors(weight:torch.Tensor, basis:torch.Tensor, left:bool) -> tuple:
     "`(first, second)`: W ~ U (U^T W) from a left basis U, or W ~ (W V) V^T from a right one (plain SVD only)"
-    basis = basis.to(weight.dtype)
     return (basis.T @ weight, basis) if left else (basis.T, weight @ basis)
 
 def _dropped(problem:_Problem, basis:torch.Tensor, left:bool, first:torch.Tensor, second:torch.Tensor, total:float) -> float:
@@ -398,11 +399,12 @@ def _factorize(name:str, layer:nn.Linear, problem:_Problem, rule:tuple, force:bo
         return None, _dense_row(name, layer, f'rank {rank} saves nothing: {rank}x({n_in}+{n_out}) >= {n_in}x{n_out}', problem.method)
     basis, left, tail = _top_singular(name, problem.matrix, rank, svd_method, right=problem.method == 'svd')
     weight = problem.matrix if problem.method == 'svd' else _weight(layer)
+    basis = basis.to(weight.dtype)
     first, second = _factors(weight, basis, left)
     new = _low_rank_from_factors(layer, first, second)
     # the tail of an exact SVD is exact; otherwise it is measured on this very factorization
     total = _sq_norm(problem.matrix)
-    dropped = tail if tail is not None else _dropped(problem, basis.to(weight.dtype), left, first, second, total)
+    dropped = tail if tail is not None else _dropped(problem, basis, left, first, second, total)
     total = max(total, dropped)
     return new, LayerReport(name, n_in, n_out, rank, count_params(layer), count_params(new), 1 - dropped / total if total else 1.0,
                             math.sqrt(dropped / total) if total else 0.0, method=problem.method)
@@ -420,9 +422,6 @@ def _check_linear(name:str, layer:nn.Linear):
     if not torch.isfinite(weight).all(): raise ValueError(f"Layer '{name}' has non-finite weights (nan or inf)")
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #ebb68f13
-def _has_hooks(m:nn.Module) -> bool:
-    return any(len(h) for h in (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, getattr(m, '_backward_pre_hooks', {})))
-
 def _dense_reason(layer:nn.Linear, parents:list, tied:list) -> str|None:
     "Why `layer` must stay dense to keep the model correct, or None"
     if any(isinstance(p, LowRankLinear) for p in parents): return 'already factorized'
@@ -511,14 +510,18 @@ def _feed(model:nn.Module, batch, device):
                     f"or a dict of keyword arguments, got {type(batch).__name__}")
 
 @contextmanager
-def _evaluating(model:nn.Module):
-    "Eval mode and no gradients inside; every module's own mode restored after"
+def _eval_mode(model:nn.Module):
+    "Eval mode inside; every module's own mode restored after"
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
-    try:
-        with torch.no_grad(): yield
+    try: yield
     finally:
         for m, training in modes: m.training = training
+
+@contextmanager
+def _evaluating(model:nn.Module):
+    "Eval mode and no gradients inside; every module's own mode restored after"
+    with _eval_mode(model), torch.no_grad(): yield
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #dd5c6a97
 def _batch_stat(x:torch.Tensor, kind:str) -> torch.Tensor:
@@ -911,15 +914,13 @@ def distill(student:nn.Module,      # The compressed model: its LowRankLinear la
     trained = {id(p) for p in params}
     for p, _ in grads: p.requires_grad_(id(p) in trained)
     opt, losses = torch.optim.Adam(params, lr=lr), []
-    modes = [(m, m.training) for m in student.modules()]
-    student.eval()
     try:
-        for step in _progress(range(steps), show_progress):
-            target = targets[step % len(batches)]
-            loss = F.mse_loss(output_fn(_feed(student, batches[step % len(batches)], device)).float(), target.float()) / target.float().pow(2).mean().clamp_min(1e-12)
-            opt.zero_grad(); loss.backward(); opt.step()
-            losses.append(loss.item())
+        with _eval_mode(student):
+            for step in _progress(range(steps), show_progress):
+                target = targets[step % len(batches)]
+                loss = F.mse_loss(output_fn(_feed(student, batches[step % len(batches)], device)).float(), target.float()) / target.float().pow(2).mean().clamp_min(1e-12)
+                opt.zero_grad(); loss.backward(); opt.step()
+                losses.append(loss.item())
     finally:
-        for m, training in modes: m.training = training
         for p, requires_grad in grads: p.requires_grad_(requires_grad)
     return losses
