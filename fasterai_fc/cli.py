@@ -10,6 +10,7 @@ from fastcore.script import call_parse, anno_parser
 import torch
 import torch.nn as nn
 from .misc.fc_decomposer import *
+from .misc.fc_decomposer import _break_even, _weight
 from .misc.serialization import read_state_dict, restore_low_rank, save_state_dict, _is_safetensors
 
 # %% auto #0
@@ -141,16 +142,11 @@ def _plain_copy(scripted) -> nn.Module:
     return root
 
 # %% ../nbs/cli.ipynb #68ccecfb
-def _break_even(in_features:int, out_features:int) -> int:
-    "The largest rank whose factorization has fewer weights than the dense layer (0: none)"
-    return max(0, (in_features * out_features - 1) // (in_features + out_features))
-
 def _spectrum_row(model:nn.Module, row:LayerReport) -> list:
     "Spectrum summary of the layer `row` describes"
     n_in, n_out = row.in_features, row.out_features
     if not (n_in and n_out): return [row.name or '(model)', f'{n_out}x{n_in}', '-', '-', '-', '-', 0]
-    weight = model.get_submodule(row.name).weight.detach()
-    sigma = torch.linalg.svdvals(weight.double() if weight.dtype == torch.float64 else weight.float())
+    sigma = torch.linalg.svdvals(_weight(model.get_submodule(row.name)))
     energy = lambda t: choose_rank(('energy_threshold', t), n_in, n_out, sigma)
     return [row.name or '(model)', f'{n_out}x{n_in}', f'{sigma[0]:.4g}', f'{sigma[-1]:.4g}', energy(0.9), energy(0.99), _break_even(n_in, n_out)]
 
