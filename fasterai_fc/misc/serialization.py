@@ -36,6 +36,7 @@ def save_state_dict(model:nn.Module, # Model whose weights are written
     else: torch.save(model.state_dict(), path)
     return path
 
+# %% ../../nbs/misc/serialization.ipynb #35a8a8bf
 def read_state_dict(path:str|Path, # A `torch.save` file of a state dict, or a `.safetensors` file
                     map_location='cpu', # Where `torch.load` puts the tensors
                    ) -> dict:
@@ -74,6 +75,7 @@ def _low_rank_like(layer:nn.Linear, rank:int) -> LowRankLinear:
     for p in new.parameters(): p.requires_grad_(w.requires_grad)
     return new.train(layer.training)
 
+# %% ../../nbs/misc/serialization.ipynb #070a8c6b
 def _swap(model:nn.Module, new_of:dict) -> list:
     "Replace in place each child `c` with `id(c)` in `new_of`; the `(parent, key, old)` list that undoes it"
     undo = []
@@ -84,6 +86,7 @@ def _swap(model:nn.Module, new_of:dict) -> list:
                 parent._modules[key] = new_of[id(child)]
     return undo
 
+# %% ../../nbs/misc/serialization.ipynb #77a641ef
 def _fill_aliases(model:nn.Module, state:dict) -> dict:
     "`state` plus the missing names of tensors that `model` shares with a name present (safetensors writes them once)"
     names = {}
