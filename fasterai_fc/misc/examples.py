@@ -4,7 +4,7 @@
 
 # %% ../../nbs/misc/examples.ipynb #e4300160
 from __future__ import annotations
-import importlib, re
+import importlib, re, warnings
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -81,8 +81,10 @@ _STDLIB_MODULES = ('argparse asyncio calendar collections csv datetime decimal d
 def _docstrings(module_name:str) -> list:
     "The docstrings of a module and of its public attributes, in name order"
     module = importlib.import_module(module_name)
-    objs = [module] + [getattr(module, a) for a in sorted(dir(module)) if not a.startswith('_')]
-    return [o.__doc__ for o in objs if isinstance(getattr(o, '__doc__', None), str)]
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', DeprecationWarning) # touching typing.io and typing.re warns (Python 3.11)
+        objs = [module] + [getattr(module, a) for a in sorted(dir(module)) if not a.startswith('_')]
+        return [o.__doc__ for o in objs if isinstance(getattr(o, '__doc__', None), str)]
 
 def stdlib_sentences(min_words:int=8,  # Shortest sentence kept, in words
                      max_words:int=40, # Longest sentence kept, in words

@@ -9,11 +9,17 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import matplotlib.pyplot as plt
+from matplotlib.lines import Line2D
+from fastcore.meta import delegates
 from .fc_decomposer import *
-from .fc_decomposer import _as_patterns, _break_even, _linear_targets, _progress, _select, _work_dtype
+from .lowrank import features, work_weight
+from .ranks import break_even
+from .layers import select_targets
+from .recovery import maybe_progress
 
 # %% auto #0
-__all__ = ['LayerSpectrum', 'layer_spectra', 'plot_spectrum', 'SweepRow', 'SweepResult', 'compression_sweep', 'plot_sweep']
+__all__ = ['LayerSpectrum', 'layer_spectra', 'plot_singular_values', 'plot_spectrum', 'SweepRow', 'SweepResult',
+           'compression_sweep', 'plot_sweep']
 
 # %% ../../nbs/misc/plots.ipynb #f7d7dbe5
 @dataclass
@@ -24,20 +30,47 @@ class LayerSpectrum:
     out_features:int    # Output size
     sigma:torch.Tensor  # Singular values, largest first (float64, CPU)
 
+# %% ../../nbs/misc/plots.ipynb #5d7d4893
 def layer_spectra(model:nn.Module,  # A model or a single `nn.Linear`
                   layers=None,      # Names or glob patterns of the layers to include (None: all)
                   exclude=None,     # Names or glob patterns of layers to leave out
                  ) -> list:
-    "The `LayerSpectrum` of every distinct Linear layer of `model`"
+    "The `LayerSpectrum` of every distinct Linear-like layer of `model`"
     if not isinstance(model, nn.Module): raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    targets = _select(_linear_targets(model), _as_patterns(layers, 'layers'), _as_patterns(exclude, 'exclude'))
+    targets = select_targets(model, layers, exclude)
     def spectrum(t):
-        w = t.layer.weight.detach()
-        return LayerSpectrum(t.names[0] or '(model)', t.layer.in_features, t.layer.out_features,
-                             torch.linalg.svdvals(w.to(_work_dtype(w.dtype))).double().cpu())
-    return [spectrum(t) for t in targets if t.layer.in_features and t.layer.out_features]
+        return LayerSpectrum(t.names[0] or '(model)', *features(t.layer), torch.linalg.svdvals(work_weight(t.layer)).double().cpu())
+    return [spectrum(t) for t in targets if all(features(t.layer))]
 
-# %% ../../nbs/misc/plots.ipynb #f1248fba
+# %% ../../nbs/misc/plots.ipynb #968d0508
+@delegates(rank_rule)
+def plot_singular_values(model:nn.Module|list, # A model, a single `nn.Linear`, or what `layer_spectra` returned
+                         layers=None,         # Names or glob patterns of the layers to plot (None: all)
+                         exclude=None,        # Names or glob patterns of layers to leave out
+                         labels:dict|None=None, # Legend label of each layer by name (default: the name and the shape)
+                         normalize:bool=False,  # Plot sigma / sigma_max against rank / min(in, out), on a linear x axis
+                         ax=None,             # Axes to draw on (None: a new figure)
+                         **kwargs,            # The rank rule whose ranks are marked, as `rank_rule` takes it
+                        ):
+    "Plot each Linear's singular values, with a dot at the rank a rule gives and a cross at the break-even rank"
+    name, value = rule = rank_rule(**kwargs)
+    if ax is None: _, ax = plt.subplots(figsize=(7, 4.5))
+    for s in model if isinstance(model, list) else layer_spectra(model, layers, exclude):
+        ranks = torch.arange(1, len(s.sigma) + 1, dtype=torch.float64)
+        x, y = (ranks / len(s.sigma), s.sigma / s.sigma[0].clamp_min(1e-300)) if normalize else (ranks, s.sigma)
+        line, = ax.plot(x, y, label=(labels or {}).get(s.name, f'{s.name} ({s.out_features}x{s.in_features})'))
+        for r, marker in ((choose_rank(rule, s.in_features, s.out_features, s.sigma), 'o'), (break_even(s.in_features, s.out_features), 'x')):
+            if r: ax.plot(float(x[r - 1]), float(y[r - 1]), marker, color=line.get_color(), ms=8, mew=2)
+    ax.set(yscale='log', xscale='linear' if normalize else 'log', title='Singular values of each layer',
+           xlabel='rank / min(in, out)' if normalize else 'rank (log scale)',
+           ylabel='sigma / sigma_max (log scale)' if normalize else 'singular value (log scale)')
+    marks = [Line2D([], [], marker='o', ls='', color='k', label=f'rank at {name}={value:g}'),
+             Line2D([], [], marker='x', ls='', mew=2, color='k', label='break-even rank')]
+    ax.legend(handles=[*ax.get_legend_handles_labels()[0], *marks], title='layer (out x in)', fontsize='small')
+    ax.grid(alpha=0.3, which='both')
+    return ax.figure
+
+# %% ../../nbs/misc/plots.ipynb #a58e2a6e
 def plot_spectrum(model:nn.Module,   # A model or a single `nn.Linear`
                   percent_removed:float=PERCENT_REMOVED_DEFAULT, # Rank rule to mark (as in `decompose`)
                   energy_threshold:float|None=None, # Instead: mark the rank keeping this fraction of the energy
@@ -48,23 +81,19 @@ def plot_spectrum(model:nn.Module,   # A model or a single `nn.Linear`
                   figsize:tuple=(12, 4.5),          # Size of the figure in inches
                  ):
     "Plot the normalized singular values and cumulative energy of each Linear, with the chosen and break-even ranks"
-    rule = rank_rule(percent_removed, energy_threshold, rank, param_ratio)
+    name, value = rule = rank_rule(percent_removed, energy_threshold, rank, param_ratio)
     fig, (ax_sv, ax_en) = plt.subplots(1, 2, figsize=figsize)
-    for s in layer_spectra(model, layers, exclude):
+    spectra = layer_spectra(model, layers, exclude)
+    plot_singular_values(spectra, normalize=True, ax=ax_sv, **{name: value})
+    for s, line in zip(spectra, ax_sv.get_legend_handles_labels()[0]):
         k = len(s.sigma)
-        frac = torch.arange(1, k + 1, dtype=torch.float64) / k
         energy = s.sigma.pow(2).cumsum(0) / s.sigma.pow(2).sum().clamp_min(1e-300)
-        line, = ax_sv.semilogy(frac, s.sigma / s.sigma[0].clamp_min(1e-300), label=f'{s.name} ({s.out_features}x{s.in_features})')
-        ax_en.plot(frac, energy, color=line.get_color())
+        ax_en.plot(torch.arange(1, k + 1) / k, energy, color=line.get_color())
         r = choose_rank(rule, s.in_features, s.out_features, s.sigma)
         ax_en.plot(r / k, energy[r - 1], 'o', color=line.get_color())
-        if (be := _break_even(s.in_features, s.out_features)): ax_en.plot(be / k, energy[be - 1], 'x', color=line.get_color(), ms=9)
-    name, value = rule
-    ax_sv.set(title='Singular values', xlabel='rank / min(in, out)', ylabel='sigma / sigma_max (log scale)')
-    ax_en.set(title=f'Energy kept (dot: {name}={value}, cross: break-even)', xlabel='rank / min(in, out)',
-              ylabel='fraction of sum(sigma^2) kept', ylim=(0, 1.02))
-    ax_sv.legend(title='layer (out x in)')
-    for ax in (ax_sv, ax_en): ax.grid(alpha=0.3)
+        if (be := break_even(s.in_features, s.out_features)): ax_en.plot(be / k, energy[be - 1], 'x', color=line.get_color(), ms=9)
+    ax_en.set(title='Energy kept', xlabel='rank / min(in, out)', ylabel='fraction of sum(sigma^2) kept', ylim=(0, 1.02))
+    ax_en.grid(alpha=0.3)
     fig.tight_layout()
     return fig
 
@@ -79,6 +108,7 @@ class SweepRow:
     metric:float                  # The evaluation function's result
     metric_tuned:float|None=None  # The result after fine-tuning, if a tuning function was given
 
+# %% ../../nbs/misc/plots.ipynb #6b17edf0
 class SweepResult(list):
     "The rows of a compression sweep, with the uncompressed model's metric as `baseline`"
     def __init__(self, rows=(), baseline:float=float('nan'), params:int=0):
@@ -111,7 +141,7 @@ def compression_sweep(model:nn.Module,       # The model to compress (left untou
     "Decompose `model` at each setting and measure `eval_fn` (and after `tune_fn`), params and FLOPs kept"
     fc, params, flops = FC_Decomposer(), count_params(model), count_flops(model)
     result = SweepResult(baseline=eval_fn(model), params=params)
-    for value in _progress(list(settings), show_progress):
+    for value in maybe_progress(list(settings), show_progress):
         kw = {**kwargs, **_setting(value, rule)}
         with warnings.catch_warnings():
             warnings.filterwarnings('ignore', 'No layer was factorized') # a row at 100% says it as well
@@ -125,20 +155,25 @@ def compression_sweep(model:nn.Module,       # The model to compress (left untou
     return result
 
 # %% ../../nbs/misc/plots.ipynb #9ad4b11e
-def plot_sweep(result:SweepResult,      # What `compression_sweep` returned
-               metric_name:str='metric', # Label of the y axis
-               label:str='decomposed',   # Label of the curve
-               ax=None,                  # Axes to draw on (None: a new figure)
+def plot_sweep(result:SweepResult,       # What `compression_sweep` returned
+               metric_name:str='metric',  # Label of the y axis
+               label:str='decomposed',    # Label of the curve
+               ax=None,                   # Axes to draw on (None: a new figure)
+               tuned_label:str|None=None, # Label of the fine-tuned curve (None: `label` + ' + fine-tuned')
+               zoom:bool=False,           # Fit the y axis to the curves instead of starting it at zero
               ):
     "Plot the metric against the parameters kept, with the uncompressed model as a reference line"
     if ax is None: _, ax = plt.subplots(figsize=(7, 4.5))
     kept = [100 * r.params_kept for r in result]
     ax.plot(kept, [r.metric for r in result], 'o-', label=label)
     if any(r.metric_tuned is not None for r in result):
-        ax.plot(kept, [r.metric_tuned for r in result], 's-', label=f'{label} + fine-tuned')
+        ax.plot(kept, [r.metric_tuned for r in result], 's--', mfc='none', label=tuned_label or f'{label} + fine-tuned')
     if 'uncompressed' not in [l.get_label() for l in ax.lines]: # one reference line when several sweeps share the axes
         ax.axhline(result.baseline, ls='--', color='gray', label='uncompressed')
-    ax.set(title=f'{metric_name} against compression', xlabel='parameters kept (% of the model)', ylabel=metric_name)
+    ax.relim(); ax.autoscale(axis='y')  # fit every curve drawn so far, then pin the bottom at zero
+    if not zoom and ax.get_ylim()[0] > 0: ax.set_ylim(bottom=0)
+    ax.set(title=f'{metric_name} against compression', xlabel='parameters kept (% of the model)',
+           ylabel=metric_name + (' (y axis zoomed)' if zoom else ''))
     ax.grid(alpha=0.3)
     ax.legend()
     return ax.figure
