@@ -308,6 +308,7 @@ def _rule_args(p, many:bool):
 
 # %% ../nbs/cli.ipynb #9854061d
 def _positive_int(text:str) -> int:
+    "A count of at least 1"
     try: value = int(text)
     except ValueError: value = 0
     if value < 1: raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
@@ -320,7 +321,8 @@ def _shard_size(text:str):
     raise argparse.ArgumentTypeError(f"expected a size such as 5GB or 500MB, got {text!r}")
 
 def _directory_args(p:argparse.ArgumentParser):
-    g = p.add_argument_group('a save_pretrained directory', 'Data-aware decomposition, on sentences tokenized by the tokenizer of MODEL, and how OUT is written')
+    g = p.add_argument_group('a save_pretrained directory as MODEL', 'Calibration sentences for a data-aware decomposition, tokenized by '
+                            'the tokenizer of MODEL, and how OUT is written')
     g.add_argument('--data', metavar='FILE', help='Text file of calibration sentences, one per line (blank lines skipped)')
     g.add_argument('--method', choices=METHODS, help="How the data weighs the weights: 'whiten' (the default with --data), 'asvd', or 'svd' (ignores it)")
     g.add_argument('--n-batches', type=_positive_int, metavar='N', help='Calibration batches used (default: all the lines)')
