@@ -215,8 +215,8 @@ def _decompose_quietly(model:nn.Module, **kwargs) -> tuple:
 # %% ../nbs/cli.ipynb #651aa40f
 def report_text(model:nn.Module, # The model (a plain copy of its Linear layers for TorchScript)
                 rules:list,      # `(name, value)` rank rules, as `FC_Decomposer.decompose` takes them
-                layers=None,     # Names or glob patterns of the layers to include (None: all)
-                exclude=None,    # Names or glob patterns of layers to leave out
+                layers:list[str]|str|None=None, # Names or glob patterns of the layers to include (None: all)
+                exclude:list[str]|str|None=None, # Names or glob patterns of layers to leave out
                 force:bool=False, # Whether the rules are applied with `force=True`
                ) -> str:
     "The spectrum table and the what-each-rule-would-do table of `model`'s Linear layers"

@@ -4,6 +4,7 @@
 
 # %% ../../nbs/misc/plots.ipynb #ba8c4426
 from __future__ import annotations
+from collections.abc import Callable
 import warnings
 from dataclasses import dataclass
 import torch
@@ -32,8 +33,8 @@ class LayerSpectrum:
 
 # %% ../../nbs/misc/plots.ipynb #5d7d4893
 def layer_spectra(model:nn.Module,  # A model or a single `nn.Linear`
-                  layers=None,      # Names or glob patterns of the layers to include (None: all)
-                  exclude=None,     # Names or glob patterns of layers to leave out
+                  layers:list[str]|str|None=None, # Names or glob patterns of the layers to include (None: all)
+                  exclude:list[str]|str|None=None, # Names or glob patterns of layers to leave out
                  ) -> list:
     "The `LayerSpectrum` of every distinct Linear-like layer of `model`"
     if not isinstance(model, nn.Module): raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -45,8 +46,8 @@ def layer_spectra(model:nn.Module,  # A model or a single `nn.Linear`
 # %% ../../nbs/misc/plots.ipynb #968d0508
 @delegates(rank_rule)
 def plot_singular_values(model:nn.Module|list, # A model, a single `nn.Linear`, or what `layer_spectra` returned
-                         layers=None,         # Names or glob patterns of the layers to plot (None: all)
-                         exclude=None,        # Names or glob patterns of layers to leave out
+                         layers:list[str]|str|None=None, # Names or glob patterns of the layers to plot (None: all)
+                         exclude:list[str]|str|None=None, # Names or glob patterns of layers to leave out
                          labels:dict|None=None, # Legend label of each layer by name (default: the name and the shape)
                          normalize:bool=False,  # Plot sigma / sigma_max against rank / min(in, out), on a linear x axis
                          ax=None,             # Axes to draw on (None: a new figure)
@@ -76,8 +77,8 @@ def plot_spectrum(model:nn.Module,   # A model or a single `nn.Linear`
                   energy_threshold:float|None=None, # Instead: mark the rank keeping this fraction of the energy
                   rank:int|None=None,               # Instead: mark this rank
                   param_ratio:float|None=None,      # Instead: mark the rank keeping this fraction of the weights
-                  layers=None,                      # Names or glob patterns of the layers to plot (None: all)
-                  exclude=None,                     # Names or glob patterns of layers to leave out
+                  layers:list[str]|str|None=None,    # Names or glob patterns of the layers to plot (None: all)
+                  exclude:list[str]|str|None=None,   # Names or glob patterns of layers to leave out
                   figsize:tuple=(12, 4.5),          # Size of the figure in inches
                  ):
     "Plot the normalized singular values and cumulative energy of each Linear, with the chosen and break-even ranks"
@@ -134,7 +135,7 @@ def compression_sweep(model:nn.Module,       # The model to compress (left untou
                       eval_fn,               # `eval_fn(model) -> float`: the metric, higher or lower is better as you like
                       settings=(1.0, 0.75, 0.5, 0.35, 0.25, 0.15, 0.1), # Values of `rule`, or dicts of decompose keywords
                       rule:str='param_ratio', # The rank rule that plain values in `settings` set
-                      tune_fn=None,          # Optional `tune_fn(model)`: fine-tunes a decomposed model in place
+                      tune_fn:Callable|None=None, # Optional `tune_fn(model)`: fine-tunes a decomposed model in place
                       show_progress:bool|None=None, # Progress bar (None: only in a notebook or a terminal)
                       **kwargs,              # Other `FC_Decomposer.decompose` keywords, the same for every setting
                      ) -> SweepResult:
