@@ -50,7 +50,7 @@ def plot_singular_values(model:nn.Module|list, # A model, a single `nn.Linear`, 
                          exclude:list[str]|str|None=None, # Names or glob patterns of layers to leave out
                          labels:dict|None=None, # Legend label of each layer by name (default: the name and the shape)
                          normalize:bool=False,  # Plot sigma / sigma_max against rank / min(in, out), on a linear x axis
-                         ax=None,             # Axes to draw on (None: a new figure)
+                         ax:plt.Axes|None=None, # Axes to draw on (None: a new figure)
                          **kwargs,            # The rank rule whose ranks are marked, as `rank_rule` takes it
                         ):
     "Plot each Linear's singular values, with a dot at the rank a rule gives and a cross at the break-even rank"
@@ -159,7 +159,7 @@ def compression_sweep(model:nn.Module,       # The model to compress (left untou
 def plot_sweep(result:SweepResult,       # What `compression_sweep` returned
                metric_name:str='metric',  # Label of the y axis
                label:str='decomposed',    # Label of the curve
-               ax=None,                   # Axes to draw on (None: a new figure)
+               ax:plt.Axes|None=None,     # Axes to draw on (None: a new figure)
                tuned_label:str|None=None, # Label of the fine-tuned curve (None: `label` + ' + fine-tuned')
                zoom:bool=False,           # Fit the y axis to the curves instead of starting it at zero
               ):
