@@ -171,9 +171,13 @@ class Calibration:
     def __init__(self, layers:list, # The calibrated Linear-like layers
                  stats:list,        # Their InputStats, in the same order
                  method:str,        # The method they serve: 'whiten' or 'asvd'
-                 batches:int=0):    # How many batches they were collected on
+                 batches:int=0,     # How many batches they were collected on
+                 probe:list|None=None,          # Batches kept to measure the model's output (allocation='global')
+                 forward_fn:Callable|None=None, # How those batches are fed, as in feed
+                ):
         self.layers, self.stats, self.method = [weakref.ref(l) for l in layers], stats, method
-        self.batches = batches
+        self.batches, self.probe, self.forward_fn = batches, list(probe or []), forward_fn
+        self.curves = {}  # output sensitivity measured by allocation='global', by layer and setting
     def get(self, layer:nn.Linear) -> InputStats|None:
         "The statistics of `layer`, or None if it was not calibrated"
         return next((s for l, s in zip(self.layers, self.stats) if l() is layer), None)

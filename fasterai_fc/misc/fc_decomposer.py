@@ -4,7 +4,7 @@
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #f93d22c5
 from __future__ import annotations
-import inspect, numbers, warnings
+import inspect, numbers, time, warnings, weakref
 from collections.abc import Callable, Mapping, Sized
 import torch
 import torch.nn as nn
@@ -16,6 +16,7 @@ from .svd import *
 from .layers import *
 from .calibration import *
 from .recovery import *
+from .allocation import *
 
 # %% auto #0
 __all__ = ['METHODS', 'ALLOCATIONS', 'MODES', 'DecomposeOptions', 'FC_Decomposer', 'PERCENT_REMOVED_DEFAULT', 'SVD_METHODS',
@@ -30,7 +31,7 @@ _all_ = ['PERCENT_REMOVED_DEFAULT', 'SVD_METHODS', 'LowRankLinear', 'rank_rule',
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #af0461a1
 METHODS = ('svd', 'asvd', 'whiten')
-ALLOCATIONS = ('layer', 'global')
+ALLOCATIONS = ('layer', 'global', 'gradient', 'energy')
 MODES = ('copy', 'inplace', 'sequential')
 
 def _check_number(name:str, value, ok, interval:str):
@@ -52,7 +53,8 @@ class DecomposeOptions:
                  rank:int|None=None,               # Instead: this rank, capped at min(in, out)
                  param_ratio:float|None=None,      # Instead: keep this fraction of each layer's weights, in (0, 1]
                  method:str|None=None,             # 'svd', 'asvd' or 'whiten' (None: 'whiten' with data, else 'svd')
-                 allocation:str='layer',           # 'layer': the rule per layer; 'global': param_ratio of all layers together
+                 allocation:str='layer',           # 'layer': the rule per layer; 'global': param_ratio of all layers together, by measured output error; 'gradient': by output error estimated from gradients; 'energy': by weight energy
+                 probe_batches:int=4,              # Calibration batches on which allocation='global' or 'gradient' reads the model's output
                  sequential:bool=False,            # Calibrate each layer on the outputs of the layers already factorized
                  alpha:float=0.5,                  # Exponent of the activation scales of 'asvd', in [0, 2]
                  damping:float=0.03,               # 'whiten': add damping * mean(diag G) to the Gram matrix's diagonal
@@ -62,12 +64,13 @@ class DecomposeOptions:
                  forward_fn:Callable|None=None,    # forward_fn(model, batch) runs a calibration batch (None: model(x) or model(**batch))
                 ):
         self.rule = rank_rule(percent_removed, energy_threshold, rank, param_ratio)
-        if isinstance(n_batches, bool) or not isinstance(n_batches, numbers.Integral) or n_batches < 1:
-            raise ValueError(f"n_batches must be a positive int, got {n_batches!r}")
+        for name, count in (('n_batches', n_batches), ('probe_batches', probe_batches)):
+            if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 1:
+                raise ValueError(f"{name} must be a positive int, got {count!r}")
         self.method = self._method(method, data)
         if allocation not in ALLOCATIONS: raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
-        if allocation == 'global' and self.rule[0] != 'param_ratio':
-            raise ValueError("allocation='global' spreads a param_ratio budget over the layers: pass param_ratio=")
+        if allocation != 'layer' and self.rule[0] != 'param_ratio':
+            raise ValueError(f"allocation={allocation!r} spreads a param_ratio budget over the layers: pass param_ratio=")
         if svd_method not in SVD_METHODS: raise ValueError(f"svd_method must be one of {SVD_METHODS}, got {svd_method!r}")
         _check_number('alpha', alpha, lambda a: 0 <= a <= 2, 'in [0, 2]')
         _check_number('damping', damping, lambda d: d >= 0, '>= 0')
@@ -78,7 +81,9 @@ class DecomposeOptions:
         self.batches = None if data is None or self.calibration else as_batches(data, n_batches)
         self.available = len(data) if isinstance(data, Sized) and not isinstance(data, (torch.Tensor, Mapping)) else 1
         self.mode = 'sequential' if sequential else 'inplace' if inplace else 'copy'
-        self.allocation, self.alpha, self.damping, self.svd_method = allocation, alpha, damping, svd_method
+        self.allocation, self.probe_batches = allocation, probe_batches
+        self.alpha, self.damping, self.svd_method = alpha, damping, svd_method
+        self.notes = []  # what the report says of choices made on the way
         self.force, self.inplace, self.forward_fn = force, inplace, forward_fn
 
     @staticmethod
@@ -113,12 +118,44 @@ def _factorize_one(opts:DecomposeOptions, name:str, layer:nn.Linear, rule, stats
     return new, row
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #b16bb38b
-def _rules(opts:DecomposeOptions, targets:list, stats:list) -> list:
+def _probe(opts:DecomposeOptions) -> tuple:
+    "`(batches, forward_fn)` on which allocation='global' measures the model's output (no batches without data)"
+    if opts.calibration is not None:
+        return opts.calibration.probe[:opts.probe_batches], opts.forward_fn or opts.calibration.forward_fn
+    return (opts.batches or [])[:opts.probe_batches], opts.forward_fn
+
+def _curves(model:nn.Module, opts:DecomposeOptions, targets:list, stats:list) -> list:
+    "The `LossCurve` of each target: kept by the Calibration from an earlier call with the same setting, or measured"
+    probe, forward_fn = _probe(opts)
+    setting, cache = (opts.allocation, opts.method, opts.alpha, opts.damping, opts.svd_method, len(probe)), {}
+    if opts.calibration is not None: cache = opts.calibration.curves
+    def kept(layer):
+        ref, curve = cache.get((id(layer), setting), (None, None))
+        return curve if ref is not None and ref() is layer else None
+    todo = [(t, s) for t, s in zip(targets, stats) if kept(t.layer) is None]
+    cuts = (truncation(t.names[0], t.layer, _problem(opts, t.layer, s), opts.svd_method) for t, s in todo)
+    if opts.allocation == 'gradient': curves = gradient_sensitivity(model, list(cuts), probe, forward_fn)
+    else: curves = measure_sensitivity(model, cuts, probe, forward_fn)  # one factorization at a time, freed once measured
+    for (t, _), curve in zip(todo, curves):
+        cache[(id(t.layer), setting)] = (weakref.ref(t.layer), curve)
+    return [kept(t.layer) for t in targets]
+
+def _rules(model:nn.Module, opts:DecomposeOptions, targets:list, stats:list) -> list:
     "The rule of each target: the one given, or `('rank', r)` (None: dense) from a global allocation of the budget"
     if opts.allocation == 'layer': return [opts.rule] * len(targets)
-    spectra = [(spectrum(t.names[0], _problem(opts, t.layer, s).matrix, opts.svd_method), *features(t.layer))
-               for t, s in zip(targets, stats)]
-    return [None if r is None else ('rank', r) for r in allocate_ranks(spectra, opts.rule[1])]
+    if opts.allocation != 'energy' and _probe(opts)[0]:
+        start = time.perf_counter()
+        ranks = allocate_by_sensitivity(_curves(model, opts, targets, stats), opts.rule[1])
+        n, how = len(_probe(opts)[0]), ('estimated from gradients' if opts.allocation == 'gradient'
+                                        else f'measured at {len(SENSITIVITY_GRID)} ranks per layer')
+        opts.notes.append(f"{opts.allocation} allocation: output error {how} on {n} batch{'es' if n > 1 else ''}, "
+                          f"in {time.perf_counter() - start:.1f} s")
+    else:
+        spectra = [(spectrum(t.names[0], _problem(opts, t.layer, s).matrix, opts.svd_method), *features(t.layer))
+                   for t, s in zip(targets, stats)]
+        ranks = allocate_ranks(spectra, opts.rule[1])
+        if opts.allocation != 'energy': opts.notes.append(f'{opts.allocation} allocation by weight energy: no data to measure the output on')
+    return [None if r is None else ('rank', r) for r in ranks]
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #4c3388e1
 def _one_by_one(opts:DecomposeOptions, targets:list, rules:list, stats:list, on_done=None) -> list:
@@ -157,9 +194,9 @@ def _streamer(model:nn.Module):
 
 def _factorize_all(model:nn.Module, opts:DecomposeOptions, targets:list, stream:bool) -> list:
     "`(new module or None, report row)` for each target, in the options' mode"
-    global_stats = opts.mode != 'sequential' or opts.allocation == 'global'
+    global_stats = opts.mode != 'sequential' or opts.allocation != 'layer'
     stats = _stats(model, opts, [t.layer for t in targets]) if global_stats else None
-    rules = _rules(opts, targets, stats)
+    rules = _rules(model, opts, targets, stats)
     if opts.mode == 'sequential': return _sequentially(model, opts, targets, rules)
     return _one_by_one(opts, targets, rules, stats, _streamer(model) if stream else None)
 
@@ -211,7 +248,7 @@ def decompose(self:FC_Decomposer,
     results = iter(_factorize_all(model, opts, active, stream))
     done = [(None, LayerReport.dense(t.names[0], t.layer, reason)) if reason else next(results) for t, reason in zip(targets, reasons)]
     rows = [row for _, row in done]
-    self.report = DecompositionReport(rows, _calibration_notes(opts, rows))
+    self.report = DecompositionReport(rows, _calibration_notes(opts, rows) + opts.notes)
     if targets and not self.report.factorized:
         warnings.warn(f"No layer was factorized (see .report): {self.report[0].skipped}", stacklevel=2)
     if stream: result = model
@@ -233,7 +270,8 @@ def calibrate(self:FC_Decomposer,
     "Collect the input statistics of `model`'s Linear layers once, to pass as `data` to several `decompose` calls"
     if method not in STAT_KINDS: raise ValueError(f"method must be one of {tuple(STAT_KINDS)}, got {method!r}")
     layer_list, batches = [t.layer for t in select_targets(model, layers, exclude)], as_batches(data, n_batches)
-    return Calibration(layer_list, collect_stats(model, layer_list, STAT_KINDS[method], batches, forward_fn), method, len(batches))
+    stats = collect_stats(model, layer_list, STAT_KINDS[method], batches, forward_fn)
+    return Calibration(layer_list, stats, method, len(batches), batches, forward_fn)
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #51413916
 def _check_scale(name:str, scale, in_features:int):
