@@ -134,26 +134,48 @@ def _curves(model:nn.Module, opts:DecomposeOptions, targets:list, stats:list) ->
         return curve if ref is not None and ref() is layer else None
     todo = [(t, s) for t, s in zip(targets, stats) if kept(t.layer) is None]
     cuts = (truncation(t.names[0], t.layer, _problem(opts, t.layer, s), opts.svd_method) for t, s in todo)
-    if opts.allocation == 'gradient': curves = gradient_sensitivity(model, list(cuts), probe, forward_fn)
+    if not todo: curves = []
+    elif opts.allocation == 'gradient': curves = gradient_sensitivity(model, list(cuts), probe, forward_fn)
     else: curves = measure_sensitivity(model, cuts, probe, forward_fn)  # one factorization at a time, freed once measured
     for (t, _), curve in zip(todo, curves):
         cache[(id(t.layer), setting)] = (weakref.ref(t.layer), curve)
     return [kept(t.layer) for t in targets]
+
+def _energy_ranks(opts:DecomposeOptions, targets:list, stats:list) -> list:
+    "Ranks from the greedy allocation by the energy of each layer's truncated matrix"
+    spectra = [(spectrum(t.names[0], _problem(opts, t.layer, s).matrix, opts.svd_method), *features(t.layer))
+               for t, s in zip(targets, stats)]
+    return allocate_ranks(spectra, opts.rule[1])
+
+def _uniform_ranks(opts:DecomposeOptions, targets:list) -> list:
+    "The rank the param_ratio rule gives each layer (None where it saves nothing)"
+    ranks = [choose_rank(opts.rule, *features(t.layer)) for t in targets]
+    return [r if saves_parameters(r, *features(t.layer)) else None for r, t in zip(ranks, targets)]
+
+def _best_allocation(model:nn.Module, opts:DecomposeOptions, targets:list, stats:list, candidates:dict) -> list:
+    "The candidate ranks whose factorized model is closest to the original on the probe batches; its choice noted"
+    def factorized(ranks):
+        return lambda: {id(t.layer): factorize_layer(t.names[0], t.layer, _problem(opts, t.layer, s), ('rank', r), True, opts.svd_method)[0]
+                        for t, s, r in zip(targets, stats, ranks) if r is not None}
+    errors = allocation_errors(model, {k: factorized(v) for k, v in candidates.items()}, *_probe(opts))
+    best = min(errors, key=errors.get)
+    opts.notes.append(f"kept the {best} ranks (output error on the probe: " + ', '.join(f'{k} {e:.4f}' for k, e in errors.items()) + ')')
+    return candidates[best]
 
 def _rules(model:nn.Module, opts:DecomposeOptions, targets:list, stats:list) -> list:
     "The rule of each target: the one given, or `('rank', r)` (None: dense) from a global allocation of the budget"
     if opts.allocation == 'layer': return [opts.rule] * len(targets)
     if opts.allocation != 'energy' and _probe(opts)[0]:
         start = time.perf_counter()
-        ranks = allocate_by_sensitivity(_curves(model, opts, targets, stats), opts.rule[1])
+        measured = allocate_by_sensitivity(_curves(model, opts, targets, stats), opts.rule[1])
         n, how = len(_probe(opts)[0]), ('estimated from gradients' if opts.allocation == 'gradient'
                                         else f'measured at {len(SENSITIVITY_GRID)} ranks per layer')
-        opts.notes.append(f"{opts.allocation} allocation: output error {how} on {n} batch{'es' if n > 1 else ''}, "
-                          f"in {time.perf_counter() - start:.1f} s")
+        candidates = {opts.allocation: measured, 'energy': _energy_ranks(opts, targets, stats), 'uniform': _uniform_ranks(opts, targets)}
+        ranks = _best_allocation(model, opts, targets, stats, candidates)
+        opts.notes.insert(-1, f"{opts.allocation} allocation: output error {how} on {n} batch{'es' if n > 1 else ''}, "
+                              f"in {time.perf_counter() - start:.1f} s")
     else:
-        spectra = [(spectrum(t.names[0], _problem(opts, t.layer, s).matrix, opts.svd_method), *features(t.layer))
-                   for t, s in zip(targets, stats)]
-        ranks = allocate_ranks(spectra, opts.rule[1])
+        ranks = _energy_ranks(opts, targets, stats)
         if opts.allocation != 'energy': opts.notes.append(f'{opts.allocation} allocation by weight energy: no data to measure the output on')
     return [None if r is None else ('rank', r) for r in ranks]
 
