@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 from .misc.fc_decomposer import *
 from .misc.lowrank import is_linear_like, work_weight
+from .misc.layers import plain_linears
+from .misc.outofcore import INCOMPLETE_MARKER, decompose_checkpoint, streamable, torchrun_world
 from .misc.ranks import break_even
 from .misc.report import format_table
 from .misc.serialization import (WEIGHT_FILES, is_safetensors, load_low_rank, read_state_dict, restore_low_rank,
@@ -178,23 +180,6 @@ def load_model(path:str|Path,         # A pickled model, a TorchScript file, a s
 _RULES = ('percent_removed', 'energy_threshold', 'param_ratio', 'rank')
 _DEFAULT_RULES = [('percent_removed', 0.5), ('energy_threshold', 0.99), ('param_ratio', 0.5)]
 
-def _plain_copy(scripted) -> nn.Module:
-    "A plain module with a copy of each Linear layer of a TorchScript model under the same name"
-    root = nn.Module()
-    for name, sub in scripted.named_modules():
-        if getattr(sub, 'original_name', None) != 'Linear': continue
-        weight, bias = sub.weight.detach(), getattr(sub, 'bias', None)
-        layer = nn.utils.skip_init(nn.Linear, weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype)
-        with torch.no_grad():
-            layer.weight.copy_(weight)
-            if bias is not None: layer.bias.copy_(bias)
-        if not name: return layer
-        *path, last = name.split('.')
-        parent = root
-        for part in path: parent = parent._modules.setdefault(part, nn.Module())
-        parent.add_module(last, layer)
-    return root
-
 # %% ../nbs/cli.ipynb #68ccecfb
 def _spectrum_row(model:nn.Module, row:LayerReport) -> list:
     "Spectrum summary of the layer `row` describes"
@@ -240,7 +225,7 @@ def _check_linear(model:nn.Module, path:Path):
 def _report(args):
     "Run `fasterai_fc report`"
     model, kind = load_model(args.model, args.factory, args.trusted)
-    if kind == 'torchscript': model = _plain_copy(model)
+    if kind == 'torchscript': model = plain_linears(model)
     _check_linear(model, args.model)
     rules = [(name, value) for name in _RULES for value in getattr(args, name) or []] or _DEFAULT_RULES
     text = report_text(model, rules, args.layers, args.exclude, args.force)
@@ -259,18 +244,26 @@ def _decompose(args):
     out = Path(args.out) if args.out else _default_out(source)
     if out.resolve() == source.resolve(): raise CLIError(f"--out {out} would overwrite the input")
     _check_directory_options(args, source, out)
+    rule = {name: getattr(args, name) for name in _RULES if getattr(args, name) is not None}
+    if source.is_dir() and not args.data and streamable(source): return _streamed(args, rule, source, out)
     calibration = _calibration(args, source) # before the model: a bad data file fails fast
     model, kind = load_model(source, args.factory, args.trusted)
     if kind == 'torchscript': raise CLIError(f"{source} is TorchScript: its compiled code calls its Linear layers, which cannot be replaced; "
                                              "decompose the Python model (pickled with --trusted, or --factory and a state dict), then script the result")
     _check_linear(model, source)
-    rule = {name: getattr(args, name) for name in _RULES if getattr(args, name) is not None}
     # in place: the freshly loaded model is ours, and a large checkpoint then needs its own size plus one layer, not two copies
     small, report, notes = _decompose_quietly(model, layers=args.layers, exclude=args.exclude, force=args.force, inplace=True,
                                               method=args.method, **calibration, **rule)
     print(_layers_table(report))
     for note in notes: print(f'note: {note}')
     _write(small, kind, source, out, args.max_shard_size)
+
+def _streamed(args, rule:dict, source:Path, out:Path):
+    "`fasterai_fc decompose` of a directory of safetensors without data: one layer at a time from disk, over the ranks under torchrun"
+    report = decompose_checkpoint(source, out, layers=args.layers, exclude=args.exclude, force=args.force, overwrite=args.overwrite,
+                                  max_shard_size=args.max_shard_size, **rule)
+    tokenizer = f', with the tokenizer of {source}' if any((source/name).is_file() for name in _TOKENIZER_FILES) else ''
+    if torchrun_world()[0] == 0: print(f'{_layers_table(report)}\nFactorized model written to {out}{tokenizer}: load_low_rank(path) loads it')
 
 # %% ../nbs/cli.ipynb #3a6be22d
 def _write(model:nn.Module, kind:str, source:Path, out:Path, max_shard_size=None):
@@ -328,7 +321,7 @@ def _directory_args(p:argparse.ArgumentParser):
     g.add_argument('--n-batches', type=_positive_int, metavar='N', help='Calibration batches used (default: all the lines)')
     g.add_argument('--batch-size', type=_positive_int, default=8, metavar='N', help='Sentences per batch, padded to the longest (default: 8)')
     g.add_argument('--max-length', type=_positive_int, default=128, metavar='N', help='Longer sentences are cut to this many tokens (default: 128)')
-    g.add_argument('--max-shard-size', type=_shard_size, metavar='SIZE', help="Largest weight file, such as 2GB (default: save_pretrained's)")
+    g.add_argument('--max-shard-size', type=_shard_size, metavar='SIZE', help="Largest weight file, such as 2GB (default: 2GB, or save_pretrained's with --data)")
     g.add_argument('--overwrite', action='store_true', help='Write into OUT even if it is a directory that is not empty')
 
 # %% ../nbs/cli.ipynb #bd66ffcf
@@ -436,7 +429,7 @@ def _check_directory_options(args, source:Path, out:Path):
         given = [name for name in ('data', 'n_batches', 'max_shard_size', 'overwrite') if getattr(args, name)]
         if given: raise CLIError(f"--{given[0].replace('_', '-')} is for a save_pretrained directory, and {source} is a file")
     elif out.is_file(): raise CLIError(f"--out {out} is a file: a model directory is written as a directory")
-    elif out.is_dir() and any(out.iterdir()) and not args.overwrite:
+    elif out.is_dir() and any(out.iterdir()) and not (args.overwrite or (out/INCOMPLETE_MARKER).is_file()): # an interrupted run resumes
         raise CLIError(f"--out {out} is a directory that is not empty: pass --overwrite to write into it")
     if args.method not in (None, 'svd') and not args.data: raise CLIError(f"--method {args.method} weighs the weights by data: pass --data FILE")
 

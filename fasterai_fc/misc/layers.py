@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
-from .lowrank import LowRankLinear, features, has_hooks, is_linear_like, linear_kind
+from .lowrank import LowRankLinear, features, has_hooks, is_linear_like, layer_tensor, linear_kind
 
 # %% auto #0
 __all__ = ['LinearTarget', 'clean_name', 'linear_targets', 'as_patterns', 'select_targets', 'check_linear', 'tied_names',
-           'dense_reason', 'disable_fast_paths', 'swap_in', 'undo_swaps', 'replace_modules']
+           'dense_reason', 'disable_fast_paths', 'plain_linears', 'swap_in', 'undo_swaps', 'replace_modules']
 
 # %% ../../nbs/misc/layers.ipynb #47734b6c
 @dataclass
@@ -83,7 +83,7 @@ def check_linear(name:str, layer:nn.Linear):
     "Raise a `ValueError` naming `name` if `layer` cannot be decomposed at all"
     if isinstance(layer, nn.modules.lazy.LazyModuleMixin) and layer.has_uninitialized_params():
         raise ValueError(f"Layer '{name}' is an uninitialized lazy layer: run one forward pass before decomposing")
-    weight = layer.weight
+    weight = layer_tensor(layer)  # an offloaded layer's weight is in its accelerate hook
     if weight.is_meta: raise ValueError(f"Layer '{name}' has its weights on the meta device: materialize them first")
     if not weight.is_floating_point(): raise ValueError(f"Layer '{name}' has {weight.dtype} weights: only floating-point layers can be decomposed")
     if not torch.isfinite(weight).all(): raise ValueError(f"Layer '{name}' has non-finite weights (nan or inf)")
@@ -110,6 +110,8 @@ def dense_reason(target:LinearTarget, # The layer and its parents
     if parametrize.is_parametrized(layer): return 'parametrized weight'
     if linear_kind(layer) is None: return f'{type(layer).__name__} is a subclass of Linear'
     if has_hooks(layer): return 'has hooks'
+    hook = getattr(layer, '_hf_hook', None)
+    if hook is not None and type(hook).__name__ != 'AlignDevicesHook': return f'has an accelerate {type(hook).__name__}'
     if layer._buffers: return f'has buffers ({", ".join(layer._buffers)})'
     if tied: return f'parameter tied to {tied[0]}'
     if 0 in features(layer): return 'empty layer'
@@ -124,6 +126,25 @@ def disable_fast_paths(model:nn.Module) -> list:
             m.activation_relu_or_gelu = 0   # the one flag the fast path checks that nothing else reads
             done.append(name)
     return done
+
+# %% ../../nbs/misc/layers.ipynb #79a4082a
+def plain_linears(scripted:torch.jit.ScriptModule, # A TorchScript model
+                 ) -> nn.Module:
+    "A plain module with a copy of each Linear layer of a TorchScript model under the same name"
+    root = nn.Module()
+    for name, sub in scripted.named_modules():
+        if getattr(sub, 'original_name', None) != 'Linear': continue
+        weight, bias = sub.weight.detach(), getattr(sub, 'bias', None)
+        layer = nn.utils.skip_init(nn.Linear, weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype)
+        with torch.no_grad():
+            layer.weight.copy_(weight)
+            if bias is not None: layer.bias.copy_(bias)
+        if not name: return layer
+        *path, last = name.split('.')
+        parent = root
+        for part in path: parent = parent._modules.setdefault(part, nn.Module())
+        parent.add_module(last, layer)
+    return root
 
 # %% ../../nbs/misc/layers.ipynb #67e51637
 def _containers(parent:nn.Module):

@@ -11,8 +11,9 @@ from torch.nn.modules import module as _torch_module
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['LINEAR_LIKE', 'work_dtype', 'register_linear_like', 'linear_kind', 'is_linear_like', 'features', 'dense_weight',
-           'work_weight', 'has_hooks', 'LowRankLinear', 'dense_like', 'low_rank_from_factors']
+__all__ = ['LINEAR_LIKE', 'work_dtype', 'register_linear_like', 'linear_kind', 'is_linear_like', 'layer_tensor', 'features',
+           'dense_weight', 'work_weight', 'has_hooks', 'LowRankLinear', 'hook_like', 'dense_like',
+           'low_rank_from_factors']
 
 # %% ../../nbs/misc/lowrank.ipynb #c8019512
 def work_dtype(dtype:torch.dtype) -> torch.dtype:
@@ -40,6 +41,15 @@ def is_linear_like(module:nn.Module) -> bool:
     "Whether `module` is an `nn.Linear` (or a subclass) or of a registered Linear-like type"
     return isinstance(module, nn.Linear) or linear_kind(module) is not None
 
+# %% ../../nbs/misc/lowrank.ipynb #1c96ffd3
+def layer_tensor(layer:nn.Module,   # A layer, perhaps offloaded by accelerate
+                 name:str='weight', # One of its parameters
+                ) -> torch.Tensor|None:
+    "Parameter `name` of `layer` where its values are: itself, or the copy an accelerate offload hook holds while it lies on meta"
+    t, hook = getattr(layer, name), getattr(layer, '_hf_hook', None)
+    if t is None or not t.is_meta or not getattr(hook, 'offload', False) or hook.weights_map is None: return t
+    return hook.weights_map[name]
+
 # %% ../../nbs/misc/lowrank.ipynb #0e968a80
 def features(layer:nn.Module) -> tuple:
     "`(in_features, out_features)` of a Linear-like layer"
@@ -49,7 +59,8 @@ def features(layer:nn.Module) -> tuple:
 
 def dense_weight(layer:nn.Module) -> torch.Tensor:
     "The weight of a Linear-like layer as out x in (a view, not a copy)"
-    return layer.weight.T if linear_kind(layer) else layer.weight
+    weight = layer_tensor(layer)
+    return weight.T if linear_kind(layer) else weight
 
 def work_weight(layer:nn.Module) -> torch.Tensor:
     "The out x in weight of `layer`, detached, in its work dtype"
@@ -113,6 +124,19 @@ class LowRankLinear(nn.Sequential):
         return (f'{type(self).__name__}(in_features={self.in_features}, out_features={self.out_features}, '
                 f'rank={self.rank}, bias={self[1].bias is not None})')
 
+# %% ../../nbs/misc/lowrank.ipynb #e85470d8
+def hook_like(layer:nn.Module, # The layer replaced, with or without an accelerate hook
+              new:nn.Module,   # Its replacement, on the device of the layer's weights
+             ) -> nn.Module:
+    "`new` with an accelerate hook like that of `layer` (same execution device, offloaded if it was), or as it is if `layer` has none"
+    hook = getattr(layer, '_hf_hook', None)
+    if hook is None: return new
+    from accelerate.hooks import AlignDevicesHook, add_hook_to_module
+    if not isinstance(hook, AlignDevicesHook): raise TypeError(f"A {type(hook).__name__} of accelerate cannot be carried over to a new layer")
+    # without a weights_map, an offloading hook keeps the new weights (where they are) as its own, and puts the module on meta
+    return add_hook_to_module(new, AlignDevicesHook(hook.execution_device, offload=hook.offload, io_same_device=hook.io_same_device,
+                                                    offload_buffers=hook.offload_buffers, place_submodules=True, skip_keys=hook.skip_keys))
+
 # %% ../../nbs/misc/lowrank.ipynb #d172a384
 def dense_like(in_features:int,  # Input size
                out_features:int, # Output size
@@ -131,14 +155,15 @@ def low_rank_from_factors(layer:nn.Module,    # The dense (Linear-like) layer re
     new = LowRankLinear.__new__(LowRankLinear)
     meta = torch.empty(0, device='meta')  # shells only: their parameters are the factors themselves, not copies
     n_in, n_out = features(layer)
+    weight, bias = layer_tensor(layer), layer_tensor(layer, 'bias')
     inner = dense_like(n_in, first.shape[0], False, meta)
     outer = dense_like(first.shape[0], n_out, layer.bias is not None, meta)
-    inner.weight, outer.weight = (nn.Parameter(f.detach().to(layer.weight).contiguous(),
+    inner.weight, outer.weight = (nn.Parameter(f.detach().to(weight).contiguous(),
                                                requires_grad=layer.weight.requires_grad) for f in (first, second))
     if layer.bias is not None:
-        outer.bias = nn.Parameter(layer.bias.detach().clone(), requires_grad=layer.bias.requires_grad)
+        outer.bias = nn.Parameter(bias.detach().clone(), requires_grad=layer.bias.requires_grad)
     nn.Sequential.__init__(new, inner, outer)
-    return new.train(layer.training)
+    return hook_like(layer, new.train(layer.training))
 
 # %% ../../nbs/misc/lowrank.ipynb #ae1f29ea
 @patch

@@ -14,7 +14,8 @@ from .layers import swap_in, undo_swaps
 
 # %% auto #0
 __all__ = ['WEIGHT_FILES', 'RECORD_KEY', 'RECORD_VERSION', 'is_safetensors', 'save_state_dict', 'Checkpoint', 'open_checkpoint',
-           'read_state_dict', 'restore_low_rank', 'low_rank_record', 'save_low_rank', 'load_low_rank', 'merge_low_rank']
+           'read_state_dict', 'restore_low_rank', 'low_rank_record', 'save_low_rank', 'meta_model', 'load_low_rank',
+           'merge_low_rank']
 
 # %% ../../nbs/misc/serialization.ipynb #ecd628cb
 def _safetensors():
@@ -343,12 +344,11 @@ def save_low_rank(model:nn.Module,    # A transformers model with factorized lay
     finally: delattr(model.config, RECORD_KEY)
     return Path(directory)
 
-# %% ../../nbs/misc/serialization.ipynb #3bd83c89
-def load_low_rank(directory:str|Path, # Written by `save_low_rank` (or by `save_pretrained` of a factorized model)
-                  model_class:type|None=None, # The transformers class to build, or an Auto class (default: config.json's `architectures`)
-                  device:str|torch.device='cpu', # Where the weights go
-                 ) -> nn.Module:
-    "The factorized transformers model saved in `directory`: built from its config.json on the meta device, then restored"
+# %% ../../nbs/misc/serialization.ipynb #342a7f52
+def meta_model(directory:str|Path, # A save_pretrained directory
+               model_class:type|None=None, # The transformers class to build, or an Auto class (default: config.json's `architectures`)
+              ) -> nn.Module:
+    "The model config.json in `directory` describes, built on the meta device: its modules and tensor names, no weights"
     import transformers
     directory = Path(directory)
     if not (directory/'config.json').is_file(): raise FileNotFoundError(f"No config.json in {directory}: not a save_pretrained directory")
@@ -358,7 +358,17 @@ def load_low_rank(directory:str|Path, # Written by `save_low_rank` (or by `save_
         model_class = getattr(transformers, names[0], None) if names else None
         if model_class is None: raise ValueError(f"{directory}/config.json names no architecture transformers has ({names}): pass model_class")
     build = getattr(model_class, 'from_config', None) or model_class._from_config # both build in config.json's dtype
-    with torch.device('meta'): model = build(config)
+    with torch.device('meta'): return build(config)
+
+# %% ../../nbs/misc/serialization.ipynb #3bd83c89
+def load_low_rank(directory:str|Path, # Written by `save_low_rank` (or by `save_pretrained` of a factorized model)
+                  model_class:type|None=None, # The transformers class to build, or an Auto class (default: config.json's `architectures`)
+                  device:str|torch.device='cpu', # Where the weights go
+                 ) -> nn.Module:
+    "The factorized transformers model saved in `directory`: built from its config.json on the meta device, then restored"
+    import transformers
+    directory = Path(directory)
+    model = meta_model(directory, model_class)
     if hasattr(model.config, RECORD_KEY): delattr(model.config, RECORD_KEY) # it describes the files, not the model
     if model.can_generate() and (directory/'generation_config.json').is_file():
         model.generation_config = transformers.GenerationConfig.from_pretrained(directory)

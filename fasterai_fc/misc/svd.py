@@ -146,7 +146,10 @@ def spectrum(name:str,              # Layer name, for errors
     return _linalg(name, torch.linalg.svdvals if svd_method == 'exact' else _gram_spectrum, matrix)
 
 # %% ../../nbs/misc/svd.ipynb #88012b5b
-def _sq_norm(x:torch.Tensor) -> float: return float(x.pow(2).sum()) # sum's cascade summation: accurate in float32 too
+def _sq_norm(matrix:torch.Tensor) -> float:
+    "Sum of squares, by blocks of rows of about 4M entries: a squared copy of a large weight would be a layer's biggest allocation"
+    rows = max(1, (1 << 22) // max(1, matrix.shape[-1]))
+    return sum(float(block.pow(2).sum()) for block in matrix.split(rows)) # sum's cascade summation: accurate in float32 too
 
 def _factors(weight:torch.Tensor, basis:torch.Tensor, left:bool) -> tuple:
     "`(first, second)`: W ~ U (U^T W) from a left basis U, or W ~ (W V) V^T from a right one (plain SVD only)"
