@@ -28,6 +28,10 @@ DIGITS_VARIANTS = {
     'old: lr 1e-3, 200 steps, no validation': dict(steps=200, lr=1e-3, valid=0, schedule='constant'),
     'output, lr 1e-3': dict(steps=200, lr=1e-3),
     'output, lr 3e-3': dict(steps=200, lr=3e-3),
+    'output, lr 3e-3, constant': dict(steps=200, lr=3e-3, schedule='constant'),
+    'output, lr 1e-2': dict(steps=200, lr=1e-2),
+    'output, lr 3e-3, valid 0.1': dict(steps=200, lr=3e-3, valid=0.1),
+    'output, lr 3e-3, 400 steps': dict(steps=400, lr=3e-3),
     'blocks (layers), lr 1e-3': dict(steps=200, lr=1e-3, match='blocks'),
     'both, lr 1e-3': dict(steps=200, lr=1e-3, match='both'),
 }

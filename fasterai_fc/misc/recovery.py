@@ -69,7 +69,7 @@ def split_valid(batches:list,  # Calibration batches
     held = min(n - 1, max(1, round(valid * n)))
     return [_rows(batches[0], slice(0, n - held), n)], [_rows(batches[0], slice(n - held, n), n)]
 
-# %% ../../nbs/misc/recovery.ipynb #e61f0e7e
+# %% ../../nbs/misc/recovery.ipynb #510496c8
 @dataclass
 class DistillResult:
     "What `distill` did: the training losses, the validation curve, and which weights it kept"
@@ -91,8 +91,8 @@ class DistillResult:
     def __len__(self): return len(self.losses)
     def __repr__(self):
         start, best = (f'{self.valid[0][1]:.4f}', f'{self.best_valid:.4f}') if self.valid else ('-', '-')
-        return (f'DistillResult({len(self.losses)} steps, stopped at {self.stopped}, validation {start} -> {best} '
-                f'(best step {self.best_step}){", model kept as given" if self.kept_start else ""})')
+        return (f'DistillResult({len(self.losses)} steps, validation {start} -> {best} at step {self.best_step}'
+                f'{", the model as given kept" if self.kept_start else ""})')
 
 # %% ../../nbs/misc/recovery.ipynb #1979bc02
 def _low_rank_params(model:nn.Module) -> list:
@@ -203,7 +203,7 @@ def _after_blocks(student, teacher, params, train, held, device, forward_fn, fit
     tuned.blocks = blocks
     return tuned
 
-# %% ../../nbs/misc/recovery.ipynb #63640547
+# %% ../../nbs/misc/recovery.ipynb #adb1cb9d
 MATCHES = ('output', 'blocks', 'both')
 
 def distill(student:nn.Module,      # The compressed model: its LowRankLinear layers are trained in place
@@ -211,7 +211,7 @@ def distill(student:nn.Module,      # The compressed model: its LowRankLinear la
             data,                   # Calibration data, as for decompose
             n_batches:int=5,        # Number of batches used from data
             steps:int=200,          # Optimizer steps at most, cycling over the training batches (per block when matching blocks)
-            lr:float=1e-4,          # Adam learning rate at the start of the schedule
+            lr:float=3e-4,          # Adam learning rate at the start of the schedule
             output_fn:Callable|None=None, # Maps a model's output to the tensor to match (None: the first tensor found)
             show_progress:bool|None=None, # Progress bar with the validation loss (None: only in a notebook or a terminal)
             forward_fn:Callable|None=None, # forward_fn(model, batch) runs a batch (None: model(x) or model(**batch))
