@@ -184,11 +184,11 @@ def _distill_blocks(student:nn.Module, teacher:nn.Module, train:list, held:list,
                              label=f'{name}: ', **fit)
     return results
 
-# %% ../../nbs/misc/recovery.ipynb #81843d72
-def _after_blocks(student, teacher, params, train, held, device, forward_fn, fit, loss, valid_loss, match) -> DistillResult:
+# %% ../../nbs/misc/recovery.ipynb #988bf5c1
+def _after_blocks(student, teacher, params, train, held, device, forward_fn, fit, loss, valid_loss, match, block_steps) -> DistillResult:
     "Block-wise distillation, undone if it made the output worse on the held-out batches; then output matching for 'both'"
     start, before = [p.detach().clone() for p in params], valid_loss() if held else None
-    blocks = _distill_blocks(student, teacher, train, held, device, forward_fn, fit)
+    blocks = _distill_blocks(student, teacher, train, held, device, forward_fn, {**fit, 'steps': block_steps})
     total = sum(len(r.losses) for r in blocks.values())
     result = DistillResult([l for r in blocks.values() for l in r.losses], [], total, total, blocks)
     if held:
@@ -203,14 +203,18 @@ def _after_blocks(student, teacher, params, train, held, device, forward_fn, fit
     tuned.blocks = blocks
     return tuned
 
-# %% ../../nbs/misc/recovery.ipynb #adb1cb9d
-MATCHES = ('output', 'blocks', 'both')
+# %% ../../nbs/misc/recovery.ipynb #683cd931
+MATCHES = ('auto', 'output', 'blocks', 'both')
+
+def _has_blocks(model:nn.Module) -> bool:
+    "Whether factorized layers sit in the children of a ModuleList (a transformer's layers)"
+    return any(isinstance(m, nn.ModuleList) and _low_rank_params(m) for m in model.modules())
 
 def distill(student:nn.Module,      # The compressed model: its LowRankLinear layers are trained in place
             teacher:nn.Module,      # The original model, whose outputs are the targets (not modified)
             data,                   # Calibration data, as for decompose
             n_batches:int=5,        # Number of batches used from data
-            steps:int=200,          # Optimizer steps at most, cycling over the training batches (per block when matching blocks)
+            steps:int=200,          # Optimizer steps at most when matching the output, cycling over the training batches
             lr:float=3e-4,          # Adam learning rate at the start of the schedule
             output_fn:Callable|None=None, # Maps a model's output to the tensor to match (None: the first tensor found)
             show_progress:bool|None=None, # Progress bar with the validation loss (None: only in a notebook or a terminal)
@@ -219,7 +223,8 @@ def distill(student:nn.Module,      # The compressed model: its LowRankLinear la
             eval_every:int=10,      # Steps between two validations
             patience:int=5,         # Stop after this many validations without improvement
             schedule:str='cosine',  # Learning rate decay over the steps: 'cosine', 'linear' or 'constant'
-            match:str='output',     # 'output': the model's output; 'blocks': each block's output in turn; 'both': blocks, then output
+            match:str='auto',       # 'output': the model's output; 'blocks': each block's in turn; 'both': blocks, then output; 'auto': blocks if in a ModuleList, else output
+            block_steps:int=100,    # Optimizer steps at most per block when matching blocks
            ) -> DistillResult:
     "Train the factorized layers of `student` to reproduce `teacher` on `data`; keeps the weights best on held-out batches"
     params = _low_rank_params(student)
@@ -227,6 +232,7 @@ def distill(student:nn.Module,      # The compressed model: its LowRankLinear la
     if match not in MATCHES: raise ValueError(f"match must be one of {MATCHES}, got {match!r}")
     if schedule not in SCHEDULES: raise ValueError(f"schedule must be one of {tuple(SCHEDULES)}, got {schedule!r}")
     output_fn, (train, held) = output_fn or main_output, split_valid(as_batches(data, n_batches), valid)
+    if match == 'auto': match = 'blocks' if _has_blocks(student) else 'output'
     device = next(student.parameters()).device
     with evaluating(teacher): targets = [output_fn(feed(teacher, b, device, forward_fn)).detach() for b in train + held]
     loss = lambda j: _relative_mse(output_fn(feed(student, (train + held)[j], device, forward_fn)), targets[j], token_mask((train + held)[j]))
@@ -239,7 +245,7 @@ def distill(student:nn.Module,      # The compressed model: its LowRankLinear la
     try:
         with eval_mode(student):
             if match == 'output': return _fit(params, lambda step: loss(step % len(train)), valid_loss if held else None, **fit)
-            return _after_blocks(student, teacher, params, train, held, device, forward_fn, fit, loss, valid_loss, match)
+            return _after_blocks(student, teacher, params, train, held, device, forward_fn, fit, loss, valid_loss, match, block_steps)
     finally:
         for p, requires_grad in grads: p.requires_grad_(requires_grad)
 
