@@ -66,6 +66,7 @@ def minilm_rows(budgets:list, variants:list, n_calib:int, n_eval:int) -> list:
         base = fc.decompose(encoder, param_ratio=ratio, exclude='pooler', data=whitening)
         cos0, agree0 = quality(base)
         rows.append(['MiniLM', ratio, 'none (whitened truncation)', f'{cos0:.4f}', f'{agree0:.3f}', '', '', '', ''])
+        print(' | '.join(map(str, rows[-1])), flush=True)
         for name in variants:
             student = copy.deepcopy(base)
             torch.manual_seed(0)
