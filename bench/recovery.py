@@ -12,7 +12,6 @@ def pooled(model, batch) -> torch.Tensor:
     hidden, mask = model(**batch).last_hidden_state, batch['attention_mask'].unsqueeze(-1).float()
     return F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
 
-# name -> distill keywords; 'old' is distill before issue 12 (constant lr, every token, no validation)
 # name -> distill keywords; 'old' is distill before issue 12 (constant lr, every token, no validation). The default
 # (match='auto', lr 3e-4, 100 steps per block) is 'blocks, lr 3e-4' on MiniLM and 'output, lr 3e-4' on the digits MLP
 MINILM_VARIANTS = {
