@@ -33,12 +33,14 @@ def one_run(spec:dict) -> dict:
                  exclude='lm_head')
     return {'seconds': time.perf_counter() - t, 'notes': fc.report.notes}
 
-def measured(spec:dict) -> dict:
-    "`one_run(spec)` in a fresh process, with its peak RSS (MB)"
-    out = subprocess.run([sys.executable, __file__, '--child', json.dumps(spec)], capture_output=True, text=True, check=True,
-                         env={**os.environ, 'OMP_NUM_THREADS': str(spec['threads'])})
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
+def measured(spec:dict, repeats:int=1) -> dict:
+    "`one_run(spec)` in fresh processes: the least seconds of `repeats` runs (the one least disturbed by other work), the largest peak RSS (MB)"
+    runs = []
+    for _ in range(repeats):
+        out = subprocess.run([sys.executable, __file__, '--child', json.dumps(spec)], capture_output=True, text=True, check=True,
+                             env={**os.environ, 'OMP_NUM_THREADS': str(spec['threads'])})
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return {'seconds': min(r['seconds'] for r in runs), 'rss_mb': max(r['rss_mb'] for r in runs), 'notes': runs[0]['notes']}
 
 def cost(args):
     depths = [2, 4] if args.quick else [2, 4, 8, 16]
@@ -49,12 +51,12 @@ def cost(args):
             'whiten, whole model': dict(allocation='layer', blockwise=False),
             'whiten, block by block': dict(allocation='layer', blockwise=True)}
     print(f"LLaMA-style, hidden {shape['hidden']}, intermediate {shape['intermediate']}, {shape['batches']} batches of "
-          f"{shape['size']} x {shape['tokens']} tokens, param_ratio=0.5 (lm_head left dense), 1 thread, a fresh process per cell\n", flush=True)
+          f"{shape['size']} x {shape['tokens']} tokens, param_ratio=0.5 (lm_head left dense), 1 thread, a fresh process per run, the least time of {args.repeats} runs\n", flush=True)
     table = {name: {} for name in runs}
     for d in depths:
         for name, kw in runs.items():
             if 'old' in name and d > args.old_max: continue
-            table[name][d] = measured({**shape, **kw, 'blocks': d, 'threads': 1})
+            table[name][d] = measured({**shape, **kw, 'blocks': d, 'threads': 1}, args.repeats)
             print(f"{d} blocks, {name}: {table[name][d]['seconds']:.1f} s, {table[name][d]['rss_mb']:.0f} MB", flush=True)
     rows = []
     for name, cells in table.items():
@@ -68,7 +70,7 @@ def cost(args):
     per_block = (new[depths[-1]]['seconds'] - new[depths[-2]]['seconds']) / (depths[-1] - depths[-2])
     # how a block's cost grows with its size: the same depth at twice the width (4x the weights), measured
     wide = {**shape, 'hidden': 2 * shape['hidden'], 'intermediate': 2 * shape['intermediate']}
-    small, large = new[depths[1]]['seconds'], measured({**wide, **runs['global, block by block (new)'], 'blocks': depths[1], 'threads': 1})['seconds']
+    small, large = new[depths[1]]['seconds'], measured({**wide, **runs['global, block by block (new)'], 'blocks': depths[1], 'threads': 1}, args.repeats)['seconds']
     exponent = math.log(large / small) / math.log(4)
     scale = ((4096 * 11008) / (shape['hidden'] * shape['intermediate'])) ** exponent
     print(f"per block (block by block, global): {per_block:.2f} s; at twice the width {large / small:.2f}x the time "
@@ -111,6 +113,7 @@ def minilm_quality(args):
 def main():
     parser = add_common_args(argparse.ArgumentParser(description=__doc__))
     parser.add_argument('--part', choices=['cost', 'quality', 'both'], default='both')
+    parser.add_argument('--repeats', type=int, default=3, help='runs per cell (the least time is kept)')
     parser.add_argument('--old-max', type=int, default=16, help='largest depth at which the whole-model measurement runs')
     parser.add_argument('--budgets', type=float, nargs='+', default=[0.8, 0.6, 0.5, 0.4])
     parser.add_argument('--sentences', type=int, default=128)
