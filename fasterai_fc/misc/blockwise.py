@@ -22,8 +22,8 @@ from .recovery import main_output, maybe_progress
 from .blocks import *
 
 # %% auto #0
-__all__ = ['BLOCKWISE_MIN_PARAMS', 'target_problem', 'factorize_target', 'running', 'unit_curves', 'Pipeline', 'decompose_blocks',
-           'use_blockwise']
+__all__ = ['BLOCKWISE_MIN_PARAMS', 'target_problem', 'factorize_target', 'running', 'unit_curves', 'Pipeline', 'uniform_ranks',
+           'decompose_blocks', 'use_blockwise']
 
 # %% ../../nbs/misc/blockwise.ipynb #aac82e23
 def target_problem(opts, layer:nn.Module, stats):
@@ -214,7 +214,9 @@ def factorize(self:Pipeline, rules:list, on_block=None, keep:bool=False) -> list
     return results
 
 # %% ../../nbs/misc/blockwise.ipynb #d712e4dc
-def _uniform(opts, targets:list) -> list:
+def uniform_ranks(opts,         # The options: a param_ratio rule
+                  targets:list, # The `LinearTarget`s
+                 ) -> list:
     "The rank the param_ratio rule gives each target (None where it saves nothing)"
     ranks = [choose_rank(opts.rule, *features(t.layer)) for t in targets]
     return [r if saves_parameters(r, *features(t.layer)) else None for r, t in zip(ranks, targets)]
@@ -228,7 +230,7 @@ def rules(self:Pipeline) -> list:
     curves, spectra = self.measure()
     candidates = {'energy': allocate_ranks(spectra, opts.rule[1])}
     if opts.allocation != 'energy' and _probe_indices(opts, None, len(opts.batches)):
-        candidates = {opts.allocation: allocate_by_sensitivity(curves, opts.rule[1]), **candidates, 'uniform': _uniform(opts, self.targets)}
+        candidates = {opts.allocation: allocate_by_sensitivity(curves, opts.rule[1]), **candidates, 'uniform': uniform_ranks(opts, self.targets)}
         errors = self.check(candidates)
         best = min(errors, key=errors.get)
         how = 'estimated from gradients' if opts.allocation == 'gradient' else "measured on each block's output"

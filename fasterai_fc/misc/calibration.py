@@ -14,7 +14,7 @@ from .svd import Problem
 
 # %% auto #0
 __all__ = ['STAT_KINDS', 'as_batches', 'feed', 'token_mask', 'eval_mode', 'evaluating', 'BatchContext', 'InputStats',
-           'collect_stats', 'whitening', 'layer_problem', 'Calibration', 'call_order']
+           'collect_stats', 'whitening', 'layer_problem', 'Calibration', 'call_order', 'calibration_notes']
 
 # %% ../../nbs/misc/calibration.ipynb #dd59e795
 def as_batches(data,         # A tensor or dict (one batch), or an iterable of batches (a list, a DataLoader)
@@ -197,3 +197,16 @@ def call_order(model:nn.Module, layers:list, batch, forward_fn:Callable|None=Non
     finally:
         for h in hooks: h.remove()
     return sorted(range(len(layers)), key=lambda i: order.get(id(layers[i]), len(layers)))
+
+# %% ../../nbs/misc/calibration.ipynb #c4a1e002
+def calibration_notes(opts,      # The options of decompose: method, batches, calibration, available
+                      rows:list, # The report's `LayerReport` rows
+                     ) -> list:
+    "What the report says of the calibration data: batches used (of how many), input rows per layer"
+    if opts.method == 'svd' or (opts.batches is None and opts.calibration is None): return []
+    used = len(opts.batches) if opts.batches is not None else opts.calibration.batches
+    of = f' of {opts.available}' if opts.batches is not None and opts.available > used else ''
+    counts = sorted({r.rows for r in rows if r.rows is not None})
+    span = f'{counts[0]:,}' + (f' to {counts[-1]:,}' if len(counts) > 1 else '') if counts else 'no'
+    batches = 'batch' if (opts.available if of else used) == 1 else 'batches'
+    return [f'calibration: {used}{of} {batches}, {span} input rows per layer']

@@ -35,10 +35,6 @@ METHODS = ('svd', 'asvd', 'whiten')
 ALLOCATIONS = ('layer', 'global', 'gradient', 'energy')
 MODES = ('copy', 'inplace', 'sequential')
 
-def _check_number(name:str, value, ok, interval:str):
-    "Raise a `ValueError` unless `value` is a real number (not a bool) for which `ok` holds"
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not ok(value):
-        raise ValueError(f"{name} must be {interval}, got {value!r}")
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #45c7f5b9
 class DecomposeOptions:
@@ -75,8 +71,8 @@ class DecomposeOptions:
         if allocation != 'layer' and self.rule[0] != 'param_ratio':
             raise ValueError(f"allocation={allocation!r} spreads a param_ratio budget over the layers: pass param_ratio=")
         if svd_method not in SVD_METHODS: raise ValueError(f"svd_method must be one of {SVD_METHODS}, got {svd_method!r}")
-        _check_number('alpha', alpha, lambda a: 0 <= a <= 2, 'in [0, 2]')
-        _check_number('damping', damping, lambda d: d >= 0, '>= 0')
+        check_number('alpha', alpha, lambda a: 0 <= a <= 2, 'in [0, 2]')
+        check_number('damping', damping, lambda d: d >= 0, '>= 0')
         if sequential and data is None: raise ValueError("sequential=True calibrates layer by layer: pass data=")
         if sequential and isinstance(data, Calibration): raise ValueError("sequential=True recalibrates layer by layer: pass the data itself")
         self.layers, self.exclude = as_patterns(layers, 'layers'), as_patterns(exclude, 'exclude')
@@ -138,11 +134,6 @@ def _energy_ranks(opts:DecomposeOptions, targets:list, stats:list) -> list:
                for t, s in zip(targets, stats)]
     return allocate_ranks(spectra, opts.rule[1])
 
-def _uniform_ranks(opts:DecomposeOptions, targets:list) -> list:
-    "The rank the param_ratio rule gives each layer (None where it saves nothing)"
-    ranks = [choose_rank(opts.rule, *features(t.layer)) for t in targets]
-    return [r if saves_parameters(r, *features(t.layer)) else None for r, t in zip(ranks, targets)]
-
 def _best_allocation(model:nn.Module, opts:DecomposeOptions, targets:list, stats:list, candidates:dict) -> list:
     "The candidate ranks whose factorized model is closest to the original on the probe batches; its choice noted"
     def factorized(ranks):
@@ -161,7 +152,7 @@ def _rules(model:nn.Module, opts:DecomposeOptions, targets:list, stats:list) -> 
         measured = allocate_by_sensitivity(_curves(model, opts, targets, stats), opts.rule[1])
         n, how = len(_probe(opts)[0]), ('estimated from gradients' if opts.allocation == 'gradient'
                                         else f'measured at {len(SENSITIVITY_GRID)} ranks per layer')
-        candidates = {opts.allocation: measured, 'energy': _energy_ranks(opts, targets, stats), 'uniform': _uniform_ranks(opts, targets)}
+        candidates = {opts.allocation: measured, 'energy': _energy_ranks(opts, targets, stats), 'uniform': uniform_ranks(opts, targets)}
         ranks = _best_allocation(model, opts, targets, stats, candidates)
         opts.notes.insert(-1, f"{opts.allocation} allocation: output error {how} on {n} batch{'es' if n > 1 else ''}, "
                               f"in {time.perf_counter() - start:.1f} s")
@@ -228,21 +219,6 @@ def _with_options(f):
     f.__delwrap__ = DecomposeOptions.__init__  # where fastcore's docments finds their docs, as for delegates
     return f
 
-def _calibration_notes(opts:DecomposeOptions, rows:list) -> list:
-    "What the report says of the calibration data: batches used (of how many), input rows per layer"
-    if opts.method == 'svd' or (opts.batches is None and opts.calibration is None): return []
-    used = len(opts.batches) if opts.batches is not None else opts.calibration.batches
-    of = f' of {opts.available}' if opts.batches is not None and opts.available > used else ''
-    counts = sorted({r.rows for r in rows if r.rows is not None})
-    span = f'{counts[0]:,}' + (f' to {counts[-1]:,}' if len(counts) > 1 else '') if counts else 'no'
-    batches = 'batch' if (opts.available if of else used) == 1 else 'batches'
-    return [f'calibration: {used}{of} {batches}, {span} input rows per layer']
-
-def _dense_reasons(model:nn.Module, targets:list) -> list:
-    "Why each target stays dense (None: it is factorized), after checking it can be decomposed at all"
-    for t in targets: check_linear(t.names[0], t.layer)
-    tied = tied_names(model, targets)
-    return [dense_reason(t, tied[id(t.layer)]) for t in targets]
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #e22cc682
 @patch
@@ -255,14 +231,14 @@ def decompose(self:FC_Decomposer,
     opts = DecomposeOptions(*args, **kwargs)
     targets = select_targets(model, opts.layers, opts.exclude)
     if not targets: warnings.warn("The model has no nn.Linear layer to decompose", stacklevel=2)
-    reasons = _dense_reasons(model, targets)
+    reasons = dense_reasons(model, targets)
     active = [t for t, reason in zip(targets, reasons) if not reason]
     # in place, each layer is swapped in as soon as it is factorized (everything that can be checked already was)
     stream = opts.mode == 'inplace' and not any(t.layer is model for t in active)
     results = iter(_factorize_all(model, opts, active, stream))
     done = [(None, LayerReport.dense(t.names[0], t.layer, reason)) if reason else next(results) for t, reason in zip(targets, reasons)]
     rows = [row for _, row in done]
-    self.report = DecompositionReport(rows, _calibration_notes(opts, rows) + opts.notes)
+    self.report = DecompositionReport(rows, calibration_notes(opts, rows) + opts.notes)
     if targets and not self.report.factorized:
         warnings.warn(f"No layer was factorized (see .report): {self.report[0].skipped}", stacklevel=2)
     if stream: result = model

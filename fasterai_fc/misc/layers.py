@@ -13,7 +13,8 @@ from .lowrank import LowRankLinear, features, has_hooks, is_linear_like, layer_t
 
 # %% auto #0
 __all__ = ['LinearTarget', 'clean_name', 'linear_targets', 'as_patterns', 'select_targets', 'check_linear', 'tied_names',
-           'dense_reason', 'disable_fast_paths', 'plain_linears', 'swap_in', 'undo_swaps', 'replace_modules']
+           'dense_reason', 'disable_fast_paths', 'plain_linears', 'swap_in', 'undo_swaps', 'replace_modules',
+           'dense_reasons']
 
 # %% ../../nbs/misc/layers.ipynb #47734b6c
 @dataclass
@@ -180,3 +181,12 @@ def replace_modules(model:nn.Module, # The model
         return model
     try: return copy.deepcopy(model, dict(new_of))
     except Exception as e: raise TypeError(f"Cannot copy the model ({e}); pass inplace=True to decompose it in place") from e
+
+# %% ../../nbs/misc/layers.ipynb #d3a1e002
+def dense_reasons(model:nn.Module, # The model
+                  targets:list,    # Its `LinearTarget`s
+                 ) -> list:
+    "Why each target stays dense (None: it is factorized), after checking it can be decomposed at all"
+    for t in targets: check_linear(t.names[0], t.layer)
+    tied = tied_names(model, targets)
+    return [dense_reason(t, tied[id(t.layer)]) for t in targets]

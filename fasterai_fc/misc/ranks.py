@@ -10,8 +10,8 @@ import torch.nn as nn
 from .lowrank import features, is_linear_like
 
 # %% auto #0
-__all__ = ['PERCENT_REMOVED_DEFAULT', 'rank_rule', 'choose_rank', 'saves_parameters', 'break_even', 'count_params',
-           'linear_flops', 'count_flops', 'allocate_ranks']
+__all__ = ['PERCENT_REMOVED_DEFAULT', 'check_number', 'rank_rule', 'choose_rank', 'saves_parameters', 'break_even',
+           'count_params', 'linear_flops', 'count_flops', 'allocate_ranks']
 
 # %% ../../nbs/misc/ranks.ipynb #490af56b
 class _DefaultFloat(float):
@@ -22,16 +22,24 @@ _RULE_RANGES = {'percent_removed': (lambda v: 0 <= v < 1, '[0, 1)'),
                 'energy_threshold': (lambda v: 0 < v <= 1, '(0, 1]'),
                 'param_ratio': (lambda v: 0 < v <= 1, '(0, 1]')}
 
+def check_number(name:str,    # The argument's name, for the error
+                 value,       # Its value
+                 ok,          # ok(value): whether the value is allowed
+                 interval:str, # What is allowed, in words, for the error
+                ):
+    "Raise a `ValueError` unless `value` is a real number (not a bool) for which `ok` holds"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not ok(value):
+        raise ValueError(f"{name} must be {interval}, got {value!r}")
+
 def _check_rule(name:str, value):
     "Raise a `ValueError` unless `value` is valid for the rank rule `name`"
     if name == 'rank':
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ValueError(f"rank must be a positive int, got {value!r}")
         return
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a number, got {value!r}")
     in_range, interval = _RULE_RANGES[name]
-    if not in_range(value): raise ValueError(f"{name} must be in {interval}, got {value!r}")
+    check_number(name, value, lambda v: True, 'a number')
+    check_number(name, value, in_range, f'in {interval}')
 
 # %% ../../nbs/misc/ranks.ipynb #ad871aa1
 def rank_rule(percent_removed:float=PERCENT_REMOVED_DEFAULT, # Fraction of singular values to remove, in [0, 1)
