@@ -21,7 +21,7 @@ from .report import DecompositionReport
 from .serialization import RECORD_KEY, meta_model, restore_low_rank
 
 # %% auto #0
-__all__ = ['CheckpointModel', 'TorchComm', 'torchrun_comm', 'block_inputs', 'decompose_calibrated']
+__all__ = ['CheckpointModel', 'TorchComm', 'torchrun_comm', 'block_inputs', 'decompose_calibrated', 'OffloadedModel']
 
 # %% ../../nbs/misc/streaming.ipynb #093c8d81
 def _checkpoint_keys(model:nn.Module, held) -> dict:
@@ -192,6 +192,10 @@ class _Output:
 # %% ../../nbs/misc/streaming.ipynb #109b1765
 class _Reached(Exception): "Raised by the hook on the block: the rest of the forward pass is not needed"
 
+def _is_cache(key:str, value) -> bool:
+    "Whether keyword argument `key` is a key-value cache, which a block replayed on many batches must not grow"
+    return key in ('past_key_value', 'past_key_values', 'layer_past') or type(value).__name__.endswith('Cache')
+
 def block_inputs(model:nn.Module, # The model
                  name:str,        # Its block whose inputs are kept
                  batches:list,    # Calibration batches
@@ -201,7 +205,7 @@ def block_inputs(model:nn.Module, # The model
     "`(args, kwargs, token mask)` that block `name` is called with on each batch, running the model only up to it"
     got = []
     def grab(m, args, kwargs):
-        got.append((args, {k: None if k in ('past_key_value', 'past_key_values', 'layer_past') else v for k, v in kwargs.items()}))
+        got.append((args, {k: None if _is_cache(k, v) else v for k, v in kwargs.items()}))
         raise _Reached
     hook = model.get_submodule(name).register_forward_pre_hook(grab, with_kwargs=True)
     try:
@@ -325,3 +329,48 @@ def decompose_calibrated(source:str|Path, # A save_pretrained directory of safet
             ckpt.offload(name, recurse=False)
         report = writer.finish(len(blocks) + len(outside), targets) if rank == 0 else None
         return comm.broadcast(report, 0) if comm else report
+
+# %% ../../nbs/misc/streaming.ipynb #663062e9
+class OffloadedModel:
+    "A model accelerate dispatched or offloaded, each block onloaded where its hooks run it, for the block pipeline"
+    def __init__(self, model:nn.Module): # A model with accelerate hooks (dispatch_model, cpu_offload)
+        self.model, self.held = model, {}
+
+def _offloading(module:nn.Module):
+    "The accelerate hook of `module` if it offloads its weights, else None"
+    hook = getattr(module, '_hf_hook', None)
+    return hook if getattr(hook, 'offload', False) and getattr(hook, 'weights_map', None) is not None else None
+
+# %% ../../nbs/misc/streaming.ipynb #e0d90553
+@patch
+def onload(self:OffloadedModel, name:str) -> nn.Module:
+    "Block `name` with its offloaded layers' weights on their execution device, kept there until `offload`"
+    from accelerate.utils import set_module_tensor_to_device
+    block, held = self.model.get_submodule(name), {}
+    for path, m in block.named_modules():
+        hook = _offloading(m)
+        if hook is None: continue
+        for key in [k for k, t in [*m._parameters.items(), *(m._buffers.items() if hook.offload_buffers else [])] if t is not None]:
+            set_module_tensor_to_device(m, key, hook.execution_device, value=hook.weights_map[key])
+        hook.offload, held[path] = False, hook  # its calls no longer put the weights back on meta
+    self.held[name] = held
+    return block
+
+# %% ../../nbs/misc/streaming.ipynb #1984a259
+@patch
+def offload(self:OffloadedModel, name:str, block:nn.Module|None=None) -> nn.Module:
+    "Block `name` offloaded again: its layers as they were, and the layers that replaced offloaded ones offloaded like them"
+    from accelerate.hooks import AlignDevicesHook, add_hook_to_module, remove_hook_from_module
+    from accelerate.utils import set_module_tensor_to_device
+    block = self.model.get_submodule(name) if block is None else block
+    for path, hook in self.held.pop(name, {}).items():
+        m = block.get_submodule(path)
+        if getattr(m, '_hf_hook', None) is hook:
+            for key in [k for k, t in [*m._parameters.items(), *(m._buffers.items() if hook.offload_buffers else [])] if t is not None]:
+                set_module_tensor_to_device(m, key, 'meta')
+            hook.offload = True
+            continue
+        remove_hook_from_module(m) # a new layer: its weights become its hook's own, and it goes on meta
+        add_hook_to_module(m, AlignDevicesHook(hook.execution_device, offload=True, io_same_device=hook.io_same_device,
+                                               offload_buffers=hook.offload_buffers, place_submodules=True, skip_keys=hook.skip_keys))
+    return block
