@@ -23,7 +23,7 @@ from .serialization import RECORD_KEY, meta_model, restore_low_rank
 # %% auto #0
 __all__ = ['CheckpointModel', 'TorchComm', 'torchrun_comm', 'block_inputs', 'decompose_calibrated', 'OffloadedModel']
 
-# %% ../../nbs/misc/streaming.ipynb #7e7513f1
+# %% ../../nbs/misc/streaming.ipynb #43707dbd
 def _checkpoint_keys(model:nn.Module, held) -> dict:
     "Each name of a parameter or buffer of `model` -> the name the checkpoint holds it under (tied tensors have several names)"
     groups = {}
@@ -42,7 +42,7 @@ def _compute_buffers(model:nn.Module, keys:dict, device) -> set:
         computed.update(f'{prefix}.{k}' if prefix else k for k in missing)
     return computed
 
-# %% ../../nbs/misc/streaming.ipynb #804d8fdf
+# %% ../../nbs/misc/streaming.ipynb #e08b3f49
 class CheckpointModel:
     "The model of a save_pretrained directory on the meta device; each module's tensors read from the safetensors files when onloaded"
     def __init__(self, source:str|Path, # A save_pretrained directory of safetensors weights, single or sharded
@@ -59,7 +59,7 @@ class CheckpointModel:
         if key is None: raise ValueError(f"'{name}' is not in the checkpoint {self.source} (the model built from config.json has it)")
         return self.files[key].read(key)
 
-# %% ../../nbs/misc/streaming.ipynb #85b1e0a1
+# %% ../../nbs/misc/streaming.ipynb #d30da7c2
 def _slots(module:nn.Module, prefix:str, recurse:bool=True):
     "`(full name, slots, key, tensor)` of every parameter and buffer of `module` (and of its submodules if `recurse`), named from `prefix`"
     for name, m in module.named_modules(prefix=prefix, remove_duplicate=False) if recurse else [(prefix, module)]:
@@ -86,7 +86,7 @@ def offload(self:CheckpointModel, name:str, module:nn.Module|None=None, recurse:
         slots[key] = nn.Parameter(t.to('meta'), requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else t.to('meta')
     return module
 
-# %% ../../nbs/misc/streaming.ipynb #604530b9
+# %% ../../nbs/misc/streaming.ipynb #a3402a6a
 @patch
 @contextmanager
 def running_from_disk(self:CheckpointModel, names:list): # The modules onloaded for each call
@@ -101,7 +101,7 @@ def running_from_disk(self:CheckpointModel, names:list): # The modules onloaded 
         for h in hooks: h.remove()
         for n in names: self.offload(n, recurse=False)
 
-# %% ../../nbs/misc/streaming.ipynb #410792b7
+# %% ../../nbs/misc/streaming.ipynb #0301234d
 class TorchComm:
     "The ranks of a torch.distributed process group as the block pipeline sees them: sums, owners by cost, broadcasts"
     def __init__(self, group=None): # The process group (None: the default one, which must be initialized)
@@ -114,7 +114,7 @@ class TorchComm:
         "This rank's share of `items`: every world-th one, from its rank"
         return list(items)[self.rank::self.world]
 
-# %% ../../nbs/misc/streaming.ipynb #c61482b2
+# %% ../../nbs/misc/streaming.ipynb #0265e35f
 @patch
 def all_reduce(self:TorchComm, t:torch.Tensor) -> torch.Tensor:
     "`t` summed over the ranks, in place"
@@ -141,7 +141,7 @@ def broadcast(self:TorchComm, obj, src:int):
     dist.broadcast_object_list(box, src=src, group=self.group, device=self.device)
     return box[0]
 
-# %% ../../nbs/misc/streaming.ipynb #f6ef9c96
+# %% ../../nbs/misc/streaming.ipynb #48ee7806
 @contextmanager
 def torchrun_comm():
     "The `TorchComm` of torchrun's ranks (the process group joined, and left after if we joined it); None outside torchrun"
@@ -156,7 +156,7 @@ def torchrun_comm():
     finally:
         if started: dist.destroy_process_group()
 
-# %% ../../nbs/misc/streaming.ipynb #8dab61a3
+# %% ../../nbs/misc/streaming.ipynb #94944f60
 from . import outofcore as _format # the format layer's helpers, used by _Output only
 
 class _Output:
@@ -189,7 +189,7 @@ class _Output:
         self.flush()
         return _format._finish(self.source, self.out, self.job, n_units, [], targets)
 
-# %% ../../nbs/misc/streaming.ipynb #09236000
+# %% ../../nbs/misc/streaming.ipynb #f4cdce85
 class _Reached(Exception): "Raised by the hook on the block: the rest of the forward pass is not needed"
 
 def _is_cache(key:str, value) -> bool:
@@ -217,7 +217,7 @@ def block_inputs(model:nn.Module, # The model
     finally: hook.remove()
     return [(args, kwargs, token_mask(batch)) for (args, kwargs), batch in zip(got, batches)]
 
-# %% ../../nbs/misc/streaming.ipynb #543ee125
+# %% ../../nbs/misc/streaming.ipynb #308404ec
 def _block_names(model:nn.Module, targets:list) -> list:
     "The children of the model's ModuleLists that hold targets, in order (the repeated blocks)"
     names, modules = [], dict(model.named_modules())
@@ -233,7 +233,7 @@ def _outside(model:nn.Module, blocks:list) -> list:
     inside = lambda n: any(n == b or n.startswith(b + '.') for b in blocks)
     return [n for n, m in model.named_modules() if not inside(n) and any(t is not None for t in [*m._parameters.values(), *m._buffers.values()])]
 
-# %% ../../nbs/misc/streaming.ipynb #47251a7c
+# %% ../../nbs/misc/streaming.ipynb #adb71ff2
 def _tensors_of(module:nn.Module, prefix:str, done:list, recurse:bool=True) -> dict:
     "What the output holds of `module` (named from `prefix`): its state dict (its own tensors only unless `recurse`), the layers factorized in `done` as their factors"
     state = {f'{prefix}.{k}' if prefix else k: t for k, t in module.state_dict().items() if recurse or '.' not in k}
@@ -243,7 +243,7 @@ def _tensors_of(module:nn.Module, prefix:str, done:list, recurse:bool=True) -> d
         state.update({f'{name}.{k}': t for k, t in new.state_dict().items()})
     return state
 
-# %% ../../nbs/misc/streaming.ipynb #b4679361
+# %% ../../nbs/misc/streaming.ipynb #bac37474
 def _digest(batches:list) -> str:
     "A digest of the calibration batches' tensors: other data, another job"
     import hashlib
@@ -259,7 +259,7 @@ def _settings(opts, batches:list, max_shard_size) -> dict:
                 svd_method=opts.svd_method, force=opts.force, layers=opts.layers, exclude=opts.exclude, max_shard_size=max_shard_size,
                 data=_digest(batches), calibrated=True)
 
-# %% ../../nbs/misc/streaming.ipynb #b42f3de9
+# %% ../../nbs/misc/streaming.ipynb #929368a2
 def _propagated(block:nn.Module, inputs:list) -> list:
     "The inputs of the next block: `block`'s main output in place of the hidden states, the rest of each call as it was"
     with torch.no_grad(): return [((main_output(block(*args, **kwargs)), *args[1:]), kwargs, mask) for args, kwargs, mask in inputs]
@@ -270,7 +270,7 @@ def _written_block(ckpt:CheckpointModel, name:str, out:Path) -> nn.Module:
     state = {k[len(name) + 1:]: f.read(k) for k, f in files.items()}
     return restore_low_rank(copy.deepcopy(ckpt.model.get_submodule(name)), state, device=ckpt.device).eval()
 
-# %% ../../nbs/misc/streaming.ipynb #ed5886fb
+# %% ../../nbs/misc/streaming.ipynb #f0ec1c02
 def _check_paths(source:Path, out:Path):
     "Raise if `source` is not a dense save_pretrained directory of safetensors, or if `out` is `source`"
     if out.resolve() == source.resolve(): raise ValueError(f"out {out} is the source directory: write the result elsewhere")
@@ -286,7 +286,7 @@ def _first_inputs(ckpt:CheckpointModel, blocks:list, outside:list, batches:list,
     for name in blocks[:first]: inputs = _propagated(_written_block(ckpt, name, writer.out), inputs)
     return first, inputs
 
-# %% ../../nbs/misc/streaming.ipynb #215ba08d
+# %% ../../nbs/misc/streaming.ipynb #a3cfc4c7
 def decompose_calibrated(source:str|Path, # A save_pretrained directory of safetensors weights, single or sharded
                          out:str|Path,    # Where the factorized model is written, a save_pretrained directory too
                          data,            # Calibration batches, as decompose takes them (under torchrun: all of them, split over the ranks)
@@ -312,9 +312,7 @@ def decompose_calibrated(source:str|Path, # A save_pretrained directory of safet
         writer = _Output(source, out, ckpt.files, _settings(opts, opts.batches, max_shard_size), world, overwrite,
                          _format._parse_size(max_shard_size), rank == 0)
         first, inputs = _first_inputs(ckpt, blocks, outside, comm.split(opts.batches) if comm else opts.batches, writer, comm, opts)
-        done = {}
         def on_block(name, results):
-            done[name] = results
             writer.add(blocks.index(name), _tensors_of(ckpt.model.get_submodule(name), name, results), [r for _, _, r in results])
         with ckpt.running_from_disk(outside):
             results = decompose_blocks(ckpt.model, opts, blocks=blocks[first:], inputs=inputs, onload=ckpt.onload, offload=ckpt.offload,
@@ -330,7 +328,7 @@ def decompose_calibrated(source:str|Path, # A save_pretrained directory of safet
         report = writer.finish(len(blocks) + len(outside), targets) if rank == 0 else None
         return comm.broadcast(report, 0) if comm else report
 
-# %% ../../nbs/misc/streaming.ipynb #99739e96
+# %% ../../nbs/misc/streaming.ipynb #7ff5b6b4
 class OffloadedModel:
     "A model accelerate dispatched or offloaded, each block onloaded where its hooks run it, for the block pipeline"
     def __init__(self, model:nn.Module): # A model with accelerate hooks (dispatch_model, cpu_offload)
@@ -341,7 +339,7 @@ def _offloading(module:nn.Module):
     hook = getattr(module, '_hf_hook', None)
     return hook if getattr(hook, 'offload', False) and getattr(hook, 'weights_map', None) is not None else None
 
-# %% ../../nbs/misc/streaming.ipynb #3c7aa2ac
+# %% ../../nbs/misc/streaming.ipynb #6a8f81d0
 @patch
 def onload(self:OffloadedModel, name:str) -> nn.Module:
     "Block `name` with its offloaded layers' weights on their execution device, kept there until `offload`"
@@ -356,7 +354,7 @@ def onload(self:OffloadedModel, name:str) -> nn.Module:
     self.held[name] = held
     return block
 
-# %% ../../nbs/misc/streaming.ipynb #b62022cf
+# %% ../../nbs/misc/streaming.ipynb #2607c657
 @patch
 def offload(self:OffloadedModel, name:str, block:nn.Module|None=None) -> nn.Module:
     "Block `name` offloaded again: its layers as they were, and the layers that replaced offloaded ones offloaded like them"
