@@ -311,12 +311,20 @@ def decompose_calibrated(source:str|Path, # A save_pretrained directory of safet
         outside = _outside(ckpt.model, blocks)
         writer = _Output(source, out, ckpt.files, _settings(opts, opts.batches, max_shard_size), world, overwrite,
                          _format._parse_size(max_shard_size), rank == 0)
-        first, inputs = _first_inputs(ckpt, blocks, outside, comm.split(opts.batches) if comm else opts.batches, writer, comm, opts)
+        heads = [t.names[0] for t in targets if not any(t.names[0].startswith(b + '.') for b in blocks)] # calibrated after the blocks
+        streamed = [n for n in outside if n not in heads]
+        first, inputs = _first_inputs(ckpt, blocks, streamed, comm.split(opts.batches) if comm else opts.batches, writer, comm, opts)
+        factors = {}
         def on_block(name, results):
             writer.add(blocks.index(name), _tensors_of(ckpt.model.get_submodule(name), name, results), [r for _, _, r in results])
-        with ckpt.running_from_disk(outside):
-            results = decompose_blocks(ckpt.model, opts, blocks=blocks[first:], inputs=inputs, onload=ckpt.onload, offload=ckpt.offload,
-                                       comm=comm, cache_limit=cache_limit, cache_dir=cache_dir, on_block=on_block)
+            factors[name] = [new for _, new, _ in results if new is not None]
+        def offload(name, block):
+            for new in factors.pop(name, []): ckpt.offload(name, new) # written: their memory is freed too
+            return ckpt.offload(name, block)
+        for name in heads: ckpt.onload(name)
+        with ckpt.running_from_disk(streamed):
+            results = decompose_blocks(ckpt.model, opts, targets=targets, blocks=blocks[first:], inputs=inputs, onload=ckpt.onload,
+                                       offload=offload, comm=comm, cache_limit=cache_limit, cache_dir=cache_dir, on_block=on_block)
         rows = {r.name: (new, r) for new, r in results}
         for j, name in enumerate(outside):
             if len(blocks) + j in writer.done: continue
