@@ -286,7 +286,16 @@ def _first_inputs(ckpt:CheckpointModel, blocks:list, outside:list, batches:list,
     for name in blocks[:first]: inputs = _propagated(_written_block(ckpt, name, writer.out), inputs)
     return first, inputs
 
-# %% ../../nbs/misc/streaming.ipynb #a3cfc4c7
+# %% ../../nbs/misc/streaming.ipynb #96a97735
+def _with_notes(report:DecompositionReport, opts, world:int) -> DecompositionReport:
+    "`report` with what it says of the calibration (batches, ranks, input rows per layer) and of the pipeline's choices"
+    counts = sorted({r.rows for r in report if r.rows is not None})
+    span = f'{counts[0]:,}' + (f' to {counts[-1]:,}' if len(counts) > 1 else '') if counts else 'no'
+    over = f' over {world} ranks' if world > 1 else ''
+    batches = 'batch' if len(opts.batches) == 1 else 'batches'
+    return DecompositionReport(list(report), [f'calibration: {len(opts.batches)} {batches}{over}, {span} input rows per layer', *opts.notes])
+
+# %% ../../nbs/misc/streaming.ipynb #e966b060
 def decompose_calibrated(source:str|Path, # A save_pretrained directory of safetensors weights, single or sharded
                          out:str|Path,    # Where the factorized model is written, a save_pretrained directory too
                          data,            # Calibration batches, as decompose takes them (under torchrun: all of them, split over the ranks)
@@ -333,10 +342,10 @@ def decompose_calibrated(source:str|Path, # A save_pretrained directory of safet
             tensors = {k: t for k, t in _tensors_of(module, name, own, recurse=False).items() if ckpt.keys.get(k) == k} # tied: once, under the checkpoint's name
             writer.add(len(blocks) + j, tensors, [r for _, _, r in own])
             ckpt.offload(name, recurse=False)
-        report = writer.finish(len(blocks) + len(outside), targets) if rank == 0 else None
+        report = _with_notes(writer.finish(len(blocks) + len(outside), targets), opts, world) if rank == 0 else None
         return comm.broadcast(report, 0) if comm else report
 
-# %% ../../nbs/misc/streaming.ipynb #7ff5b6b4
+# %% ../../nbs/misc/streaming.ipynb #4ecd9db7
 class OffloadedModel:
     "A model accelerate dispatched or offloaded, each block onloaded where its hooks run it, for the block pipeline"
     def __init__(self, model:nn.Module): # A model with accelerate hooks (dispatch_model, cpu_offload)
@@ -347,7 +356,7 @@ def _offloading(module:nn.Module):
     hook = getattr(module, '_hf_hook', None)
     return hook if getattr(hook, 'offload', False) and getattr(hook, 'weights_map', None) is not None else None
 
-# %% ../../nbs/misc/streaming.ipynb #6a8f81d0
+# %% ../../nbs/misc/streaming.ipynb #6fa0a0c5
 @patch
 def onload(self:OffloadedModel, name:str) -> nn.Module:
     "Block `name` with its offloaded layers' weights on their execution device, kept there until `offload`"
@@ -362,7 +371,7 @@ def onload(self:OffloadedModel, name:str) -> nn.Module:
     self.held[name] = held
     return block
 
-# %% ../../nbs/misc/streaming.ipynb #2607c657
+# %% ../../nbs/misc/streaming.ipynb #98b7d76d
 @patch
 def offload(self:OffloadedModel, name:str, block:nn.Module|None=None) -> nn.Module:
     "Block `name` offloaded again: its layers as they were, and the layers that replaced offloaded ones offloaded like them"
