@@ -345,7 +345,7 @@ def decompose_calibrated(source:str|Path, # A save_pretrained directory of safet
         report = _with_notes(writer.finish(len(blocks) + len(outside), targets), opts, world) if rank == 0 else None
         return comm.broadcast(report, 0) if comm else report
 
-# %% ../../nbs/misc/streaming.ipynb #4ecd9db7
+# %% ../../nbs/misc/streaming.ipynb #33524a9b
 class OffloadedModel:
     "A model accelerate dispatched or offloaded, each block onloaded where its hooks run it, for the block pipeline"
     def __init__(self, model:nn.Module): # A model with accelerate hooks (dispatch_model, cpu_offload)
@@ -356,7 +356,7 @@ def _offloading(module:nn.Module):
     hook = getattr(module, '_hf_hook', None)
     return hook if getattr(hook, 'offload', False) and getattr(hook, 'weights_map', None) is not None else None
 
-# %% ../../nbs/misc/streaming.ipynb #6fa0a0c5
+# %% ../../nbs/misc/streaming.ipynb #e0e0457d
 @patch
 def onload(self:OffloadedModel, name:str) -> nn.Module:
     "Block `name` with its offloaded layers' weights on their execution device, kept there until `offload`"
@@ -371,7 +371,7 @@ def onload(self:OffloadedModel, name:str) -> nn.Module:
     self.held[name] = held
     return block
 
-# %% ../../nbs/misc/streaming.ipynb #98b7d76d
+# %% ../../nbs/misc/streaming.ipynb #25c984bb
 @patch
 def offload(self:OffloadedModel, name:str, block:nn.Module|None=None) -> nn.Module:
     "Block `name` offloaded again: its layers as they were, and the layers that replaced offloaded ones offloaded like them"
