@@ -286,7 +286,19 @@ def _first_inputs(ckpt:CheckpointModel, blocks:list, outside:list, batches:list,
     for name in blocks[:first]: inputs = _propagated(_written_block(ckpt, name, writer.out), inputs)
     return first, inputs
 
-# %% ../../nbs/misc/streaming.ipynb #96a97735
+# %% ../../nbs/misc/streaming.ipynb #df428729
+def _write_outside(ckpt:CheckpointModel, outside:list, first_unit:int, results:dict, writer:_Output):
+    "Write the tensors of the modules `outside` the blocks, one module at a time from disk; the heads factorized in `results` as factors"
+    for j, name in enumerate(outside):
+        if first_unit + j in writer.done: continue
+        module = ckpt.onload(name, recurse=False)
+        own = [(name, *results[name])] if name in results else []
+        # tied tensors are written once, under the name the checkpoint holds them by
+        tensors = {k: t for k, t in _tensors_of(module, name, own, recurse=False).items() if ckpt.keys.get(k) == k}
+        writer.add(first_unit + j, tensors, [row for _, _, row in own])
+        ckpt.offload(name, recurse=False)
+
+# %% ../../nbs/misc/streaming.ipynb #92427508
 def _with_notes(report:DecompositionReport, opts, world:int) -> DecompositionReport:
     "`report` with what it says of the calibration (batches, ranks, input rows per layer) and of the pipeline's choices"
     counts = sorted({r.rows for r in report if r.rows is not None})
@@ -295,7 +307,7 @@ def _with_notes(report:DecompositionReport, opts, world:int) -> DecompositionRep
     batches = 'batch' if len(opts.batches) == 1 else 'batches'
     return DecompositionReport(list(report), [f'calibration: {len(opts.batches)} {batches}{over}, {span} input rows per layer', *opts.notes])
 
-# %% ../../nbs/misc/streaming.ipynb #e966b060
+# %% ../../nbs/misc/streaming.ipynb #e2eac8c3
 def decompose_calibrated(source:str|Path, # A save_pretrained directory of safetensors weights, single or sharded
                          out:str|Path,    # Where the factorized model is written, a save_pretrained directory too
                          data,            # Calibration batches, as decompose takes them (under torchrun: all of them, split over the ranks)
@@ -332,20 +344,14 @@ def decompose_calibrated(source:str|Path, # A save_pretrained directory of safet
             return ckpt.offload(name, block)
         for name in heads: ckpt.onload(name)
         with ckpt.running_from_disk(streamed):
-            results = decompose_blocks(ckpt.model, opts, targets=targets, blocks=blocks[first:], inputs=inputs, onload=ckpt.onload,
+            todo = [t for t in targets if not any(t.names[0].startswith(b + '.') for b in blocks[:first])] # not those written already
+            results = decompose_blocks(ckpt.model, opts, targets=todo, blocks=blocks[first:], inputs=inputs, onload=ckpt.onload,
                                        offload=offload, comm=comm, cache_limit=cache_limit, cache_dir=cache_dir, on_block=on_block)
-        rows = {r.name: (new, r) for new, r in results}
-        for j, name in enumerate(outside):
-            if len(blocks) + j in writer.done: continue
-            module = ckpt.onload(name, recurse=False)
-            own = [(n, *rows[n]) for n in [name] if n in rows]
-            tensors = {k: t for k, t in _tensors_of(module, name, own, recurse=False).items() if ckpt.keys.get(k) == k} # tied: once, under the checkpoint's name
-            writer.add(len(blocks) + j, tensors, [r for _, _, r in own])
-            ckpt.offload(name, recurse=False)
+        _write_outside(ckpt, outside, len(blocks), {r.name: (new, r) for new, r in results}, writer)
         report = _with_notes(writer.finish(len(blocks) + len(outside), targets), opts, world) if rank == 0 else None
         return comm.broadcast(report, 0) if comm else report
 
-# %% ../../nbs/misc/streaming.ipynb #33524a9b
+# %% ../../nbs/misc/streaming.ipynb #f159a77a
 class OffloadedModel:
     "A model accelerate dispatched or offloaded, each block onloaded where its hooks run it, for the block pipeline"
     def __init__(self, model:nn.Module): # A model with accelerate hooks (dispatch_model, cpu_offload)
@@ -356,7 +362,7 @@ def _offloading(module:nn.Module):
     hook = getattr(module, '_hf_hook', None)
     return hook if getattr(hook, 'offload', False) and getattr(hook, 'weights_map', None) is not None else None
 
-# %% ../../nbs/misc/streaming.ipynb #e0e0457d
+# %% ../../nbs/misc/streaming.ipynb #4ec3f9f3
 @patch
 def onload(self:OffloadedModel, name:str) -> nn.Module:
     "Block `name` with its offloaded layers' weights on their execution device, kept there until `offload`"
@@ -371,7 +377,7 @@ def onload(self:OffloadedModel, name:str) -> nn.Module:
     self.held[name] = held
     return block
 
-# %% ../../nbs/misc/streaming.ipynb #25c984bb
+# %% ../../nbs/misc/streaming.ipynb #539cf52d
 @patch
 def offload(self:OffloadedModel, name:str, block:nn.Module|None=None) -> nn.Module:
     "Block `name` offloaded again: its layers as they were, and the layers that replaced offloaded ones offloaded like them"
