@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.distributed as dist
 from fastcore.basics import patch
 from .calibration import evaluating, feed, token_mask
-from .layers import select_targets
+from .layers import select_targets, swap_in
 from .fc_decomposer import DecomposeOptions
 from .outofcore import SafetensorsFile, balance, checkpoint_files, torchrun_world
 from .recovery import main_output
@@ -278,12 +278,21 @@ def _check_paths(source:Path, out:Path):
     if RECORD_KEY in json.loads((source/'config.json').read_text()):
         raise ValueError(f"{source} is already factorized (its config.json records ranks): decompose the dense original")
 
+class _Skipped(nn.Module):
+    "Stands for a block an interrupted run wrote: the pipeline's later runs of the model pass over it"
+    def __init__(self, tensor_out:bool): super().__init__(); self.tensor_out = tensor_out
+    def forward(self, hidden, *args, **kwargs): return hidden if self.tensor_out else (hidden,)
+
 def _first_inputs(ckpt:CheckpointModel, blocks:list, outside:list, batches:list, writer, comm, opts) -> tuple:
-    "`(index of the first block to do, its inputs)`: the blocks an interrupted run wrote are run, not redone"
+    "`(index of the first block to do, its inputs)`: the blocks an interrupted run wrote are run, not redone, then skipped"
     with ckpt.running_from_disk(outside): inputs = block_inputs(ckpt.model, blocks[0], batches, ckpt.device, opts.forward_fn)
     done = writer.done if comm is None else comm.broadcast(writer.done, 0)
     first = next((i for i in range(len(blocks)) if i not in done), len(blocks))
-    for name in blocks[:first]: inputs = _propagated(_written_block(ckpt, name, writer.out), inputs)
+    for name in blocks[:first]:
+        block = _written_block(ckpt, name, writer.out)
+        with torch.no_grad(): tensor_out = isinstance(block(*inputs[0][0], **inputs[0][1]), torch.Tensor)
+        inputs = _propagated(block, inputs)
+        swap_in(ckpt.model, {id(ckpt.model.get_submodule(name)): _Skipped(tensor_out)})
     return first, inputs
 
 # %% ../../nbs/misc/streaming.ipynb #df428729
@@ -293,8 +302,8 @@ def _write_outside(ckpt:CheckpointModel, outside:list, first_unit:int, results:d
         if first_unit + j in writer.done: continue
         module = ckpt.onload(name, recurse=False)
         own = [(name, *results[name])] if name in results else []
-        # tied tensors are written once, under the name the checkpoint holds them by
-        tensors = {k: t for k, t in _tensors_of(module, name, own, recurse=False).items() if ckpt.keys.get(k) == k}
+        # tied tensors are written once, under the name the checkpoint holds them by (factors are new names)
+        tensors = {k: t for k, t in _tensors_of(module, name, own, recurse=False).items() if ckpt.keys.get(k, k) == k}
         writer.add(first_unit + j, tensors, [row for _, _, row in own])
         ckpt.offload(name, recurse=False)
 
@@ -333,16 +342,20 @@ def decompose_calibrated(source:str|Path, # A save_pretrained directory of safet
         writer = _Output(source, out, ckpt.files, _settings(opts, opts.batches, max_shard_size), world, overwrite,
                          _format._parse_size(max_shard_size), rank == 0)
         heads = [t.names[0] for t in targets if not any(t.names[0].startswith(b + '.') for b in blocks)] # calibrated after the blocks
-        streamed = [n for n in outside if n not in heads]
+        # the pipeline runs the model where its first parameter is: the module holding it (the embeddings) stays onloaded
+        first_param = next(ckpt.model.parameters())
+        kept = heads + [n for n, m in ckpt.model.named_modules() if any(p is first_param for p in m.parameters(recurse=False))][:1]
+        streamed = [n for n in outside if n not in kept]
+        for name in kept: ckpt.onload(name, recurse=False)
         first, inputs = _first_inputs(ckpt, blocks, streamed, comm.split(opts.batches) if comm else opts.batches, writer, comm, opts)
         factors = {}
         def on_block(name, results):
+            if name is None: return # the heads: written with the other tensors outside the blocks
             writer.add(blocks.index(name), _tensors_of(ckpt.model.get_submodule(name), name, results), [r for _, _, r in results])
             factors[name] = [new for _, new, _ in results if new is not None]
         def offload(name, block):
             for new in factors.pop(name, []): ckpt.offload(name, new) # written: their memory is freed too
             return ckpt.offload(name, block)
-        for name in heads: ckpt.onload(name)
         with ckpt.running_from_disk(streamed):
             todo = [t for t in targets if not any(t.names[0].startswith(b + '.') for b in blocks[:first])] # not those written already
             results = decompose_blocks(ckpt.model, opts, targets=todo, blocks=blocks[first:], inputs=inputs, onload=ckpt.onload,
