@@ -72,17 +72,17 @@ def compare(one:Path, two:Path) -> str:
 
 def main():
     parser = add_common_args(argparse.ArgumentParser(description=__doc__))
-    parser.add_argument('--layers', type=int, default=8, help='blocks of the first checkpoint; the second has twice as many (default 8; quick 2)')
+    parser.add_argument('--layers', type=int, default=32, help='blocks of the first checkpoint; the second has twice as many (default 32; quick 2)')
     parser.add_argument('--param-ratio', type=float, default=0.5)
-    parser.add_argument('--sentences', type=int, default=64, help='calibration sentences (default 64; quick 16)')
+    parser.add_argument('--sentences', type=int, default=128, help='calibration sentences (default 128; quick 16)')
     parser.add_argument('--max-length', type=int, default=64, help='tokens per sentence at most')
-    parser.add_argument('--max-shard-size', default='100MB', help='output parts (the peak holds one)')
+    parser.add_argument('--max-shard-size', default='50MB', help='output parts (the peak holds one)')
     parser.add_argument('--dir', default=None, help='where the checkpoints go (default: a temporary directory, removed)')
     args = parser.parse_args()
     threads = set_threads(args.threads, args.quick)
     print_machine('Calibrated out-of-core decomposition of sharded LLaMA-shaped checkpoints', args.quick)
     from fasterai_fc.misc.examples import stdlib_sentences
-    hidden, intermediate = (256, 688) if args.quick else (1024, 2816)
+    hidden, intermediate = (256, 688) if args.quick else (512, 1408)
     depths = [2, 4] if args.quick else [args.layers, 2 * args.layers]
     n_sentences = 16 if args.quick else args.sentences
     sentences = stdlib_sentences()
