@@ -17,6 +17,7 @@ from .layers import *
 from .calibration import *
 from .recovery import *
 from .allocation import *
+from .blockwise import *
 
 # %% auto #0
 __all__ = ['METHODS', 'ALLOCATIONS', 'MODES', 'DecomposeOptions', 'FC_Decomposer', 'PERCENT_REMOVED_DEFAULT', 'SVD_METHODS',
@@ -62,6 +63,8 @@ class DecomposeOptions:
                  force:bool=False,                 # Factorize even layers where it saves no parameters
                  inplace:bool=False,               # Modify and return the model itself instead of a copy
                  forward_fn:Callable|None=None,    # forward_fn(model, batch) runs a calibration batch (None: model(x) or model(**batch))
+                 blockwise:bool|None=None,         # Calibrate, allocate and factorize one repeated block at a time (None: for models of BLOCKWISE_MIN_PARAMS Linear weights or more)
+                 cache_limit:int|None=None,        # blockwise: bytes of block inputs kept in memory, the rest memory-mapped from disk (None: 2 GiB)
                 ):
         self.rule = rank_rule(percent_removed, energy_threshold, rank, param_ratio)
         for name, count in (('n_batches', n_batches), ('probe_batches', probe_batches)):
@@ -85,6 +88,8 @@ class DecomposeOptions:
         self.alpha, self.damping, self.svd_method = alpha, damping, svd_method
         self.notes = []  # what the report says of choices made on the way
         self.force, self.inplace, self.forward_fn = force, inplace, forward_fn
+        if blockwise not in (None, True, False): raise ValueError(f"blockwise must be True, False or None, got {blockwise!r}")
+        self.blockwise, self.cache_limit = blockwise, cache_limit
 
     @staticmethod
     def _method(method:str|None, data) -> str:
@@ -103,20 +108,6 @@ def _stats(model:nn.Module, opts:DecomposeOptions, layers:list) -> list:
     if opts.calibration: return [opts.calibration.get(l) for l in layers]
     return collect_stats(model, layers, STAT_KINDS[opts.method], opts.batches, opts.forward_fn)
 
-def _problem(opts:DecomposeOptions, layer:nn.Linear, stats) -> Problem:
-    return layer_problem(layer, opts.method, stats, opts.alpha, opts.damping)
-
-def _factorize_one(opts:DecomposeOptions, name:str, layer:nn.Linear, rule, stats) -> tuple:
-    "`(new or None, row)` for one layer; a rule of None means dense by the global allocation"
-    if rule is None: return None, LayerReport.dense(name, layer, 'kept dense by the global allocation', opts.method)
-    n_in = features(layer)[0]
-    if opts.method == 'whiten' and stats is not None and 0 < stats.count < n_in:
-        warnings.warn(f"Layer '{name}' saw {stats.count} calibration rows for {n_in} inputs: whitening can do worse than "
-                      "plain SVD there; give more data, or damping=", stacklevel=4)
-    new, row = factorize_layer(name, layer, _problem(opts, layer, stats), rule, opts.force, opts.svd_method)
-    row.rows = None if stats is None else stats.count
-    return new, row
-
 # %% ../../nbs/misc/fc_decomposer.ipynb #b16bb38b
 def _probe(opts:DecomposeOptions) -> tuple:
     "`(batches, forward_fn)` on which allocation='global' measures the model's output (no batches without data)"
@@ -133,7 +124,7 @@ def _curves(model:nn.Module, opts:DecomposeOptions, targets:list, stats:list) ->
         ref, curve = cache.get((id(layer), setting), (None, None))
         return curve if ref is not None and ref() is layer else None
     todo = [(t, s) for t, s in zip(targets, stats) if kept(t.layer) is None]
-    cuts = (truncation(t.names[0], t.layer, _problem(opts, t.layer, s), opts.svd_method) for t, s in todo)
+    cuts = (truncation(t.names[0], t.layer, target_problem(opts, t.layer, s), opts.svd_method) for t, s in todo)
     if not todo: curves = []
     elif opts.allocation == 'gradient': curves = gradient_sensitivity(model, list(cuts), probe, forward_fn)
     else: curves = measure_sensitivity(model, cuts, probe, forward_fn)  # one factorization at a time, freed once measured
@@ -143,7 +134,7 @@ def _curves(model:nn.Module, opts:DecomposeOptions, targets:list, stats:list) ->
 
 def _energy_ranks(opts:DecomposeOptions, targets:list, stats:list) -> list:
     "Ranks from the greedy allocation by the energy of each layer's truncated matrix"
-    spectra = [(spectrum(t.names[0], _problem(opts, t.layer, s).matrix, opts.svd_method), *features(t.layer))
+    spectra = [(spectrum(t.names[0], target_problem(opts, t.layer, s).matrix, opts.svd_method), *features(t.layer))
                for t, s in zip(targets, stats)]
     return allocate_ranks(spectra, opts.rule[1])
 
@@ -155,7 +146,7 @@ def _uniform_ranks(opts:DecomposeOptions, targets:list) -> list:
 def _best_allocation(model:nn.Module, opts:DecomposeOptions, targets:list, stats:list, candidates:dict) -> list:
     "The candidate ranks whose factorized model is closest to the original on the probe batches; its choice noted"
     def factorized(ranks):
-        return lambda: {id(t.layer): factorize_layer(t.names[0], t.layer, _problem(opts, t.layer, s), ('rank', r), True, opts.svd_method)[0]
+        return lambda: {id(t.layer): factorize_layer(t.names[0], t.layer, target_problem(opts, t.layer, s), ('rank', r), True, opts.svd_method)[0]
                         for t, s, r in zip(targets, stats, ranks) if r is not None}
     errors = allocation_errors(model, {k: factorized(v) for k, v in candidates.items()}, *_probe(opts))
     best = min(errors, key=errors.get)
@@ -184,7 +175,7 @@ def _one_by_one(opts:DecomposeOptions, targets:list, rules:list, stats:list, on_
     "Factorize the targets in turn; `on_done(target, result)` takes each result as soon as it is ready"
     results = []
     for i, t in enumerate(targets):
-        try: results.append(_factorize_one(opts, t.names[0], t.layer, rules[i], stats[i]))
+        try: results.append(factorize_target(opts, t.names[0], t.layer, rules[i], stats[i]))
         except BaseException as e:
             done = [t.names[0] for t, (new, _) in zip(targets, results) if new is not None]
             if on_done and done and hasattr(e, 'add_note'): e.add_note(f"Already factorized in place: {', '.join(done)}")
@@ -200,7 +191,7 @@ def _sequentially(model:nn.Module, opts:DecomposeOptions, targets:list, rules:li
     try:
         for i in call_order(model, [t.layer for t in targets], opts.batches[0], opts.forward_fn):
             t = targets[i]
-            results[i] = _factorize_one(opts, t.names[0], t.layer, rules[i], _stats(model, opts, [t.layer])[0])
+            results[i] = factorize_target(opts, t.names[0], t.layer, rules[i], _stats(model, opts, [t.layer])[0])
             if results[i][0] is not None: undo += swap_in(model, {id(t.layer): results[i][0]})
     finally: undo_swaps(undo)
     return results
@@ -216,6 +207,7 @@ def _streamer(model:nn.Module):
 
 def _factorize_all(model:nn.Module, opts:DecomposeOptions, targets:list, stream:bool) -> list:
     "`(new module or None, report row)` for each target, in the options' mode"
+    if use_blockwise(model, opts, targets): return decompose_blocks(model, opts, targets=targets, cache_limit=opts.cache_limit, keep=stream)
     global_stats = opts.mode != 'sequential' or opts.allocation != 'layer'
     stats = _stats(model, opts, [t.layer for t in targets]) if global_stats else None
     rules = _rules(model, opts, targets, stats)
