@@ -12,8 +12,10 @@ import torch
 import torch.nn as nn
 import torch.distributed as dist
 from fastcore.basics import patch
+from .blocks import block_names
 from .calibration import evaluating, feed, token_mask
 from .layers import select_targets, swap_in
+from .blockwise import decompose_blocks
 from .fc_decomposer import DecomposeOptions
 from .outofcore import SafetensorsFile, balance, checkpoint_files, torchrun_world
 from .recovery import main_output
@@ -218,17 +220,7 @@ def block_inputs(model:nn.Module, # The model
     finally: hook.remove()
     return [(args, kwargs, token_mask(batch)) for (args, kwargs), batch in zip(got, batches)]
 
-# %% ../../nbs/misc/streaming.ipynb #308404ec
-def _block_names(model:nn.Module, targets:list) -> list:
-    "The children of the model's ModuleLists that hold targets, in order (the repeated blocks)"
-    names, modules = [], dict(model.named_modules())
-    inside = lambda n: any(n == b or n.startswith(b + '.') for b in names)
-    for name, module in modules.items():
-        if not isinstance(module, nn.ModuleList) or inside(name): continue
-        names += [f'{name}.{i}' for i, child in module.named_children() if any(t.layer is m for m in child.modules() for t in targets)]
-    if not names: raise ValueError("the model has no repeated blocks (the children of a ModuleList) holding Linear layers to decompose")
-    return names
-
+# %% ../../nbs/misc/streaming.ipynb #f9139abc
 def _outside(model:nn.Module, blocks:list) -> list:
     "The modules outside `blocks` that hold tensors of their own (embeddings, norms, head)"
     inside = lambda n: any(n == b or n.startswith(b + '.') for b in blocks)
@@ -337,7 +329,6 @@ def decompose_calibrated(source:str|Path, # A save_pretrained directory of safet
                          **options,                        # What decompose takes: param_ratio=, method=, allocation=, layers=, damping=, ...
                         ) -> DecompositionReport:
     "The calibrated decomposition of the checkpoint in `source`, block by block from disk, into `out`; under torchrun, over the ranks"
-    from fasterai_fc.misc.blockwise import decompose_blocks
     source, out = Path(source), Path(out)
     _check_paths(source, out)
     opts = DecomposeOptions(data=data, **options)
@@ -347,7 +338,8 @@ def decompose_calibrated(source:str|Path, # A save_pretrained directory of safet
         if len(opts.batches) < world: raise ValueError(f"{len(opts.batches)} calibration batches for {world} ranks: give each rank one at least")
         ckpt = CheckpointModel(source, device or (f'cuda:{torchrun_world()[2]}' if torch.cuda.is_available() else 'cpu'))
         targets = select_targets(ckpt.model, opts.layers, opts.exclude)
-        blocks = _block_names(ckpt.model, targets)
+        blocks = block_names(ckpt.model, targets)
+        if not blocks: raise ValueError(f"{source}: the model has no repeated blocks (the children of a ModuleList) holding Linear layers to decompose")
         outside = _outside(ckpt.model, blocks)
         writer = _Output(source, out, ckpt.files, _settings(opts, opts.batches, max_shard_size), world, overwrite,
                          _format._parse_size(max_shard_size), rank == 0)
