@@ -13,6 +13,7 @@ from .misc.fc_decomposer import *
 from .misc.lowrank import is_linear_like, work_weight
 from .misc.layers import plain_linears
 from .misc.outofcore import INCOMPLETE_MARKER, decompose_checkpoint, streamable, torchrun_world
+from .misc.streaming import decompose_calibrated
 from .misc.ranks import break_even
 from .misc.report import format_table
 from .misc.serialization import (WEIGHT_FILES, is_safetensors, load_low_rank, read_state_dict, restore_low_rank,
@@ -245,7 +246,7 @@ def _decompose(args):
     if out.resolve() == source.resolve(): raise CLIError(f"--out {out} would overwrite the input")
     _check_directory_options(args, source, out)
     rule = {name: getattr(args, name) for name in _RULES if getattr(args, name) is not None}
-    if source.is_dir() and not args.data and streamable(source): return _streamed(args, rule, source, out)
+    if source.is_dir() and streamable(source): return _streamed(args, rule, source, out)
     calibration = _calibration(args, source) # before the model: a bad data file fails fast
     model, kind = load_model(source, args.factory, args.trusted)
     if kind == 'torchscript': raise CLIError(f"{source} is TorchScript: its compiled code calls its Linear layers, which cannot be replaced; "
@@ -259,9 +260,10 @@ def _decompose(args):
     _write(small, kind, source, out, args.max_shard_size)
 
 def _streamed(args, rule:dict, source:Path, out:Path):
-    "`fasterai_fc decompose` of a directory of safetensors without data: one layer at a time from disk, over the ranks under torchrun"
-    report = decompose_checkpoint(source, out, layers=args.layers, exclude=args.exclude, force=args.force, overwrite=args.overwrite,
-                                  max_shard_size=args.max_shard_size, **rule)
+    "`fasterai_fc decompose` of a directory of safetensors from disk: one layer at a time, or block by block with --data; over the ranks under torchrun"
+    calibration = _calibration(args, source) # with the data: the calibrated pipeline, one block at a time
+    run = (lambda *a, **kw: decompose_calibrated(*a, method=args.method, **calibration, **kw)) if calibration else decompose_checkpoint
+    report = run(source, out, layers=args.layers, exclude=args.exclude, force=args.force, overwrite=args.overwrite, max_shard_size=args.max_shard_size, **rule)
     tokenizer = f', with the tokenizer of {source}' if any((source/name).is_file() for name in _TOKENIZER_FILES) else ''
     if torchrun_world()[0] == 0: print(f'{_layers_table(report)}\nFactorized model written to {out}{tokenizer}: load_low_rank(path) loads it')
 
