@@ -69,8 +69,9 @@ def work_weight(layer:nn.Module) -> torch.Tensor:
 # %% ../../nbs/misc/lowrank.ipynb #8f217a7d
 def has_hooks(module:nn.Module) -> bool:
     "Whether `module` has forward or backward hooks of its own"
-    return any(len(h) for h in (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks,
-                                getattr(module, '_backward_pre_hooks', {})))
+    # plain truthiness, no generator: LowRankLinear.forward asks this twice per call
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or getattr(module, '_backward_pre_hooks', None))
 
 def _global_hooks() -> bool:
     return bool(_torch_module._global_forward_hooks or _torch_module._global_forward_pre_hooks
@@ -111,10 +112,6 @@ class LowRankLinear(nn.Sequential):
 
     def forward(self, x:torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting(): return F.linear(F.linear(x, self[0].weight), self[1].weight, self[1].bias)
-        return self._eager(x)
-
-    @torch.jit.unused
-    def _eager(self, x:torch.Tensor) -> torch.Tensor:
         # the two products directly: the module calls of nn.Sequential, and even its indexing, cost microseconds
         first, second = self._modules.values()
         if _needs_calls(first, second): return second(first(x))
