@@ -135,7 +135,8 @@ def first_calls(model:nn.Module, name:str, batches:list, forward_fn=None) -> lis
     got, device = [], next(model.parameters()).device
     drop = lambda k, v: k in ('past_key_value', 'past_key_values', 'layer_past') or type(v).__name__.endswith('Cache')
     def grab(m, args, kwargs):
-        got.append((args, {k: None if drop(k, v) else v for k, v in kwargs.items()}))
+        # a key/value cache would grow at each replay: dropped, as an argument or a keyword (GPT-2 passes it by position)
+        got.append(((args[0], *(None if drop('', v) else v for v in args[1:])), {k: None if drop(k, v) else v for k, v in kwargs.items()}))
         raise _Reached
     hook = model.get_submodule(name).register_forward_pre_hook(grab, with_kwargs=True)
     try:
