@@ -116,7 +116,7 @@ class Pipeline:
     "One block-sequential decomposition: the model, its units, the batches of this rank, the cache of block inputs"
     def __init__(self, model, opts, targets, blocks, inputs, batches, onload, offload, comm, cache_limit, cache_dir):
         store_attr()
-        self.units = block_units(model, targets, blocks)
+        self.units, self.kept = block_units(model, targets, blocks), {}  # kept: the measure pass's cuts, reused by the check
         self.first = Stream(inputs, self.cache())
 
     def cache(self) -> ActivationCache: return ActivationCache(self.cache_limit, self.cache_dir)
@@ -134,7 +134,8 @@ class Pipeline:
 def measure(self:Pipeline) -> tuple:
     "First pass, on the dense model's block inputs: each target's `LossCurve` and weight-energy spectrum"
     curves, spectra = [None] * len(self.targets), [None] * len(self.targets)
-    stream = self.first.fork(self.cache())
+    stream, room = self.first.fork(self.cache()), DEFAULT_CACHE_LIMIT if self.cache_limit is None else self.cache_limit
+    self.kept = {}
     try:
         for name, idx in self.progress('measuring'):
             with self.running(name, stream) as (module, feeder):
@@ -142,7 +143,10 @@ def measure(self:Pipeline) -> tuple:
                 cuts = _cuts(self.opts, module, self.targets, idx, _stats(module, layers, self.opts, feeder, self.comm), self.comm)
                 if self.opts.allocation != 'energy':
                     for i, c in zip(idx, unit_curves(self.opts, module, feeder, cuts, self.comm)): curves[i] = c
-                for i, c in zip(idx, cuts): spectra[i] = (_energy_spectrum(c.dropped), *features(c.layer))
+                for i, c in zip(idx, cuts):
+                    spectra[i] = (_energy_spectrum(c.dropped), *features(c.layer))
+                    size = sum(p.nbytes for p in c.factors.parameters()) if c.factors is not None else 0
+                    if size <= room: self.kept[i], room = c, room - size  # the check needs the same cut: keep it while it fits
                 if name is not None: stream.advance(module)
     finally: stream.cache.close()
     return curves, spectra
@@ -171,26 +175,32 @@ def mean_error(self:Pipeline, outputs:list, references:list, masks:list) -> floa
 def check(self:Pipeline, candidates:dict) -> dict:
     "The model's output error on the probe batches with each candidate's ranks, block by block from the dense inputs"
     probe = _probe_indices(self.opts, self.comm, len(self.first))
-    full, batches = self.first.fork(self.cache()), [self.batches[j] for j in probe]
+    batches = [self.batches[j] for j in probe]
     streams = {k: self.first.fork(self.cache(), probe) for k in ['dense', *candidates]}
+    # the cuts the measure pass could not keep are made again, on the dense inputs of every batch
+    full = None if all(i in self.kept for _, idx in self.units for i in idx) else self.first.fork(self.cache())
     swaps = {k: {} for k in streams}
     try:
         for name, idx in self.progress('checking'):
-            with self.running(name, full) as (module, feeder):
-                layers = [self.targets[i].layer for i in idx]
-                cuts = _cuts(self.opts, module, self.targets, idx, _stats(module, layers, self.opts, feeder, self.comm), self.comm)
+            with self.running(name, full or streams['dense']) as (module, feeder):
+                if all(i in self.kept for i in idx): cuts = [self.kept[i] for i in idx]
+                else:
+                    layers = [self.targets[i].layer for i in idx]
+                    cuts = _cuts(self.opts, module, self.targets, idx, _stats(module, layers, self.opts, feeder, self.comm), self.comm)
                 for k, stream in streams.items():
                     cut_in = {} if k == 'dense' else {id(c.layer): _cut_at(c, candidates[k][i]) for c, i in zip(cuts, idx)}
                     if name is None: swaps[k] = cut_in; continue  # the tail runs once, below
                     undo = swap_in(module, cut_in)
                     try: stream.advance(module)
                     finally: undo_swaps(undo)
-                if name is not None: full.advance(module)
+                if name is not None and full is not None: full.advance(module)
         outs = {k: self.outputs(s, batches, swaps[k]) for k, s in streams.items()}
         masks = [token_mask(b) for b in batches]
         return {k: self.mean_error(outs[k], outs['dense'], masks) for k in candidates}
     finally:
-        for s in [full, *streams.values()]: s.cache.close()
+        for s in [full, *streams.values()]:
+            if s is not None: s.cache.close()
+        self.kept = {}
 
 # %% ../../nbs/misc/blockwise.ipynb #d9bc612c
 @patch
