@@ -130,9 +130,14 @@ def fork(self:Stream, cache:ActivationCache, indices:list|None=None) -> Stream:
 # %% ../../nbs/misc/blocks.ipynb #bf5b742e
 class _Reached(Exception): "Raised by the capturing hook: the rest of the forward pass is not needed"
 
-def first_calls(model:nn.Module, name:str, batches:list, forward_fn=None) -> list:
+def first_calls(model:nn.Module,  # The model
+                name:str,          # Its block whose calls are kept
+                batches:list,      # Calibration batches
+                forward_fn=None,   # forward_fn(model, batch) runs a batch (None: model(x) or model(**batch))
+                device=None,       # Where the batches go (None: where the model's first parameter is; give it for a skeleton on meta)
+               ) -> list:
     "`(args, kwargs, token mask)` that block `name` is called with on each batch, running the model only up to it"
-    got, device = [], next(model.parameters()).device
+    got, device = [], next(model.parameters()).device if device is None else device
     drop = lambda k, v: k in ('past_key_value', 'past_key_values', 'layer_past') or type(v).__name__.endswith('Cache')
     def grab(m, args, kwargs):
         # a key/value cache would grow at each replay: dropped, as an argument or a keyword (GPT-2 passes it by position)

@@ -19,7 +19,8 @@ from .svd import SVD_METHODS, Problem, factorize_layer
 
 # %% auto #0
 __all__ = ['INCOMPLETE_MARKER', 'SafetensorsFile', 'write_safetensors', 'checkpoint_files', 'streamable', 'Unit', 'plan',
-           'balance', 'factorize_unit', 'torchrun_world', 'decompose_checkpoint']
+           'balance', 'factorize_unit', 'job_fingerprint', 'complete_parts', 'prepare_output', 'write_part',
+           'finish_output', 'torchrun_world', 'parse_size', 'decompose_checkpoint']
 
 # %% ../../nbs/misc/outofcore.ipynb #74b8e576
 _DTYPES = {'F64': torch.float64, 'F32': torch.float32, 'F16': torch.float16, 'BF16': torch.bfloat16,
@@ -188,13 +189,13 @@ def factorize_unit(unit:Unit, files:dict, rule:tuple, force:bool=False, svd_meth
 # %% ../../nbs/misc/outofcore.ipynb #fa9edf59
 INCOMPLETE_MARKER, _PART = '.fasterai_fc_incomplete', 'model-part-r{rank:03d}-{index:05d}.safetensors'
 
-def _fingerprint(source:Path, files:dict, settings:dict, world:int) -> str:
+def job_fingerprint(source:Path, files:dict, settings:dict, world:int) -> str:
     "A digest of the input files (names, sizes, times) and of the settings: parts written under another one are not reused"
     stats = sorted({f.path.name: (os.stat(f.path).st_size, os.stat(f.path).st_mtime_ns) for f in files.values()}.items())
     text = json.dumps([str(source.resolve()), stats, settings, world], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-def _parts(out:Path, job:str) -> dict:
+def complete_parts(out:Path, job:str) -> dict:
     "`{(rank, index): (path, metadata)}` of the complete parts of `job` in `out`, whatever their current names"
     found = {}
     for path in out.glob('model*.safetensors'):
@@ -203,7 +204,7 @@ def _parts(out:Path, job:str) -> dict:
         if meta.get('fasterai_fc_job') == job: found[tuple(map(int, meta['fasterai_fc_part'].split('/')))] = path, meta
     return found
 
-def _prepare(out:Path, job:str, overwrite:bool):
+def prepare_output(out:Path, job:str, overwrite:bool):
     "Make `out` ready: refuse a directory with files of another origin, remove what would make it look complete"
     marker = out/INCOMPLETE_MARKER
     if out.is_file(): raise FileExistsError(f"{out} is a file: a model directory is written as a directory")
@@ -212,14 +213,14 @@ def _prepare(out:Path, job:str, overwrite:bool):
     out.mkdir(parents=True, exist_ok=True)
     for done in (out/_INDEX, out/'model.safetensors'): done.unlink(missing_ok=True)  # first: a partial OUT never looks complete
     marker.write_text(job)
-    keep = {path for path, _ in _parts(out, job).values()}
+    keep = {path for path, _ in complete_parts(out, job).values()}
     for path in [*out.glob('model*.safetensors'), *out.glob('*.partial')]:
         if path not in keep: path.unlink()
 
 # %% ../../nbs/misc/outofcore.ipynb #822bd782
 def _size(tensors:dict) -> int: return sum(t.nbytes for t in tensors.values())
 
-def _write_part(out:Path, tensors:dict, meta:dict) -> Path:
+def write_part(out:Path, tensors:dict, meta:dict) -> Path:
     "Write one part; a full disk stops with one line naming the part and its first tensor"
     path = out/_PART.format(rank=int(meta['fasterai_fc_part'].split('/')[0]), index=int(meta['fasterai_fc_part'].split('/')[1]))
     try: return write_safetensors(tensors, path, meta)
@@ -239,7 +240,7 @@ def _work(units:list, mine:list, rank:int, done:dict, out:Path, job:str, max_byt
         nonlocal index, tensors, held, rows
         meta = {'fasterai_fc_job': job, 'fasterai_fc_part': f'{rank}/{index}', 'fasterai_fc_units': json.dumps(held),
                 'fasterai_fc_rows': json.dumps([vars(r) for r in rows])}
-        _write_part(out, tensors, meta)
+        write_part(out, tensors, meta)
         index, tensors, held, rows = index + 1, {}, [], []
     for i in mine:
         if i in finished: continue
@@ -263,9 +264,9 @@ def _copy_side_files(source:Path, out:Path, record:dict):
     (out/'config.json.partial').write_text(json.dumps(config, indent=2, sort_keys=True) + '\n')
     os.replace(out/'config.json.partial', out/'config.json')
 
-def _finish(source:Path, out:Path, job:str, n_units:int, dense:list, targets:list) -> DecompositionReport:
+def finish_output(source:Path, out:Path, job:str, n_units:int, dense:list, targets:list) -> DecompositionReport:
     "Name the parts as save_pretrained does, write config.json, then the index last, atomically; the report of the whole job"
-    parts = sorted(_parts(out, job).items())
+    parts = sorted(complete_parts(out, job).items())
     held = sorted(i for _, (_, meta) in parts for i in json.loads(meta['fasterai_fc_units']))
     if held != list(range(n_units)): raise RuntimeError(f"{out}: the parts hold {len(held)} of the {n_units} pieces of work: rerun to complete them")
     rows = {r['name']: LayerReport(**r) for _, (_, meta) in parts for r in json.loads(meta['fasterai_fc_rows'])}
@@ -304,7 +305,7 @@ def _barrier(world:int):
     if world > 1: dist.barrier()
 
 # %% ../../nbs/misc/outofcore.ipynb #76a9a51c
-def _parse_size(size:int|str|None) -> int:
+def parse_size(size:int|str|None) -> int:
     "Bytes in a size as save_pretrained takes it: an int, or a string such as '2GB' or '500MB'"
     if size is None: return 2 * 10**9  # one shard is held in memory: save_pretrained's default, 50GB, would not bound it
     if isinstance(size, int): return size
@@ -339,17 +340,17 @@ def decompose_checkpoint(source:str|Path,   # A save_pretrained directory of saf
     rank_, world, local_rank = torchrun_world()
     device = torch.device(device or (f'cuda:{local_rank}' if torch.cuda.is_available() else 'cpu'))
     settings = dict(rule=rule, layers=layers, exclude=exclude, max_shard_size=max_shard_size, force=force, svd_method=svd_method)
-    job, started = _fingerprint(source, files, settings, world), _join(world, local_rank)
+    job, started = job_fingerprint(source, files, settings, world), _join(world, local_rank)
     try:
-        if rank_ == 0: _prepare(out, job, overwrite)
+        if rank_ == 0: prepare_output(out, job, overwrite)
         _barrier(world)
         owner = balance([u.cost(files) for u in units], world)
         mine = [i for i, w in enumerate(owner) if w == rank_]
-        _work(units, mine, rank_, _parts(out, job), out, job, _parse_size(max_shard_size),
+        _work(units, mine, rank_, complete_parts(out, job), out, job, parse_size(max_shard_size),
               lambda u: factorize_unit(u, files, rule, force, svd_method, device))
         _barrier(world)
         targets = select_targets(skeleton, layers, exclude)
-        report = [_finish(source, out, job, len(units), dense, targets) if rank_ == 0 else None]
+        report = [finish_output(source, out, job, len(units), dense, targets) if rank_ == 0 else None]
         if world > 1: dist.broadcast_object_list(report, src=0)
         return report[0]
     finally:

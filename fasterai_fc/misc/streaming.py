@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.distributed as dist
 from fastcore.basics import patch
-from .blocks import block_names
+from .blocks import block_names, first_calls
 from .calibration import evaluating, feed, token_mask
 from .layers import select_targets, swap_in
 from .blockwise import decompose_blocks
@@ -23,8 +23,7 @@ from .report import DecompositionReport
 from .serialization import RECORD_KEY, meta_model, restore_low_rank
 
 # %% auto #0
-__all__ = ['CheckpointModel', 'TorchComm', 'torchrun_comm', 'block_inputs', 'return_freed_memory', 'decompose_calibrated',
-           'OffloadedModel']
+__all__ = ['CheckpointModel', 'TorchComm', 'torchrun_comm', 'return_freed_memory', 'decompose_calibrated', 'OffloadedModel']
 
 # %% ../../nbs/misc/streaming.ipynb #43707dbd
 def _checkpoint_keys(model:nn.Module, held) -> dict:
@@ -166,10 +165,10 @@ class _Output:
     "The output directory of one job, written a unit at a time: units already in complete parts are skipped on a rerun"
     def __init__(self, source:Path, out:Path, files:dict, settings:dict, world:int, overwrite:bool, max_bytes:int, write:bool):
         self.source, self.out, self.max_bytes, self.write = source, out, max_bytes, write
-        self.job = _format._fingerprint(source, files, settings, world)
-        if write: _format._prepare(out, self.job, overwrite)
+        self.job = _format.job_fingerprint(source, files, settings, world)
+        if write: _format.prepare_output(out, self.job, overwrite)
         self.tensors, self.held, self.rows = {}, [], []
-        done = _format._parts(out, self.job) if write else {}
+        done = _format.complete_parts(out, self.job) if write else {}
         self.done = {i for _, meta in done.values() for i in json.loads(meta['fasterai_fc_units'])}
         self.index = 1 + max((i for _, i in done), default=-1)
 
@@ -184,41 +183,13 @@ class _Output:
         if not (self.write and self.held): return
         meta = {'fasterai_fc_job': self.job, 'fasterai_fc_part': f'0/{self.index}', 'fasterai_fc_units': json.dumps(self.held),
                 'fasterai_fc_rows': json.dumps([vars(r) for r in self.rows])}
-        _format._write_part(self.out, self.tensors, meta)
+        _format.write_part(self.out, self.tensors, meta)
         self.index, self.tensors, self.held, self.rows = self.index + 1, {}, [], []
 
     def finish(self, n_units:int, targets:list) -> DecompositionReport:
         "The last part, config.json with the ranks, then the index; the report of the whole job"
         self.flush()
-        return _format._finish(self.source, self.out, self.job, n_units, [], targets)
-
-# %% ../../nbs/misc/streaming.ipynb #f4cdce85
-class _Reached(Exception): "Raised by the hook on the block: the rest of the forward pass is not needed"
-
-def _is_cache(key:str, value) -> bool:
-    "Whether keyword argument `key` is a key-value cache, which a block replayed on many batches must not grow"
-    return key in ('past_key_value', 'past_key_values', 'layer_past') or type(value).__name__.endswith('Cache')
-
-def block_inputs(model:nn.Module, # The model
-                 name:str,        # Its block whose inputs are kept
-                 batches:list,    # Calibration batches
-                 device,          # Where the batches go
-                 forward_fn=None, # forward_fn(model, batch) runs a batch (None: model(x) or model(**batch))
-                ) -> list:
-    "`(args, kwargs, token mask)` that block `name` is called with on each batch, running the model only up to it"
-    got = []
-    def grab(m, args, kwargs):
-        got.append((args, {k: None if _is_cache(k, v) else v for k, v in kwargs.items()}))
-        raise _Reached
-    hook = model.get_submodule(name).register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        with evaluating(model):
-            for batch in batches:
-                try: feed(model, batch, device, forward_fn)
-                except _Reached: continue
-                raise ValueError(f"the model's forward pass does not call block '{name}'")
-    finally: hook.remove()
-    return [(args, kwargs, token_mask(batch)) for (args, kwargs), batch in zip(got, batches)]
+        return _format.finish_output(self.source, self.out, self.job, n_units, [], targets)
 
 # %% ../../nbs/misc/streaming.ipynb #f9139abc
 def _outside(model:nn.Module, blocks:list) -> list:
@@ -278,7 +249,7 @@ class _Skipped(nn.Module):
 
 def _first_inputs(ckpt:CheckpointModel, blocks:list, outside:list, batches:list, writer, comm, opts) -> tuple:
     "`(index of the first block to do, its inputs)`: the blocks an interrupted run wrote are run, not redone, then skipped"
-    with ckpt.running_from_disk(outside): inputs = block_inputs(ckpt.model, blocks[0], batches, ckpt.device, opts.forward_fn)
+    with ckpt.running_from_disk(outside): inputs = first_calls(ckpt.model, blocks[0], batches, opts.forward_fn, ckpt.device)
     done = writer.done if comm is None else comm.broadcast(writer.done, 0)
     first = next((i for i in range(len(blocks)) if i not in done), len(blocks))
     for name in blocks[:first]:
@@ -342,7 +313,7 @@ def decompose_calibrated(source:str|Path, # A save_pretrained directory of safet
         if not blocks: raise ValueError(f"{source}: the model has no repeated blocks (the children of a ModuleList) holding Linear layers to decompose")
         outside = _outside(ckpt.model, blocks)
         writer = _Output(source, out, ckpt.files, _settings(opts, opts.batches, max_shard_size), world, overwrite,
-                         _format._parse_size(max_shard_size), rank == 0)
+                         _format.parse_size(max_shard_size), rank == 0)
         heads = [t.names[0] for t in targets if not any(t.names[0].startswith(b + '.') for b in blocks)] # calibrated after the blocks
         # the pipeline runs the model where its first parameter is: the module holding it (the embeddings) stays onloaded
         first_param = next(ckpt.model.parameters())
