@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 from .lowrank import LowRankLinear, features, linear_kind, low_rank_from_factors
 from .layers import swap_in, undo_swaps
+from .remote import write_remote_code
 
 # %% auto #0
 __all__ = ['WEIGHT_FILES', 'RECORD_KEY', 'RECORD_VERSION', 'is_safetensors', 'save_state_dict', 'Checkpoint', 'open_checkpoint',
@@ -333,15 +334,19 @@ def low_rank_record(model:nn.Module) -> dict:
 # %% ../../nbs/misc/serialization.ipynb #1823edd8
 def save_low_rank(model:nn.Module,    # A transformers model with factorized layers
                   directory:str|Path, # Where `save_pretrained` writes it
+                  remote_code:bool=False, # Also write a modeling file and `auto_map`, for `from_pretrained(..., trust_remote_code=True)`
                   **kwargs,           # Passed to `save_pretrained`: `max_shard_size`, `push_to_hub`, ...
                  ) -> Path:
     "`model.save_pretrained(directory, **kwargs)`, with the rank of each factorized layer recorded in config.json"
     if not (hasattr(model, 'save_pretrained') and hasattr(model, 'config')):
         raise TypeError(f"save_low_rank saves transformers models; save a {type(model).__name__} with save_state_dict")
+    record = low_rank_record(model)
+    extra = {RECORD_KEY: record, **({'auto_map': write_remote_code(model, record['low_rank'], directory)} if remote_code else {})}
     # on the config while it is saved, so that transformers writes it (and uploads it, with push_to_hub)
-    setattr(model.config, RECORD_KEY, low_rank_record(model))
+    for key, value in extra.items(): setattr(model.config, key, value)
     try: model.save_pretrained(directory, **kwargs)
-    finally: delattr(model.config, RECORD_KEY)
+    finally:
+        for key in extra: delattr(model.config, key)
     return Path(directory)
 
 # %% ../../nbs/misc/serialization.ipynb #342a7f52
