@@ -1,5 +1,5 @@
 "Helpers shared by the benchmark scripts: threads, machine info, timing, tables"
-import os, platform, statistics, time
+import json, os, platform, statistics, subprocess, sys, time
 import torch
 
 def add_common_args(parser):
@@ -58,3 +58,31 @@ def print_table(head:list, rows:list):
     for row in [head, ['-' * w for w in widths], *rows]:
         print('  '.join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip())
     print()
+
+def timed(cmd:list, threads:int) -> tuple:
+    "`(wall seconds, peak RSS MB of the largest process, stdout)` of `cmd` under /usr/bin/time"
+    env = {**os.environ, 'OMP_NUM_THREADS': str(threads), 'MKL_NUM_THREADS': str(threads), 'HF_HUB_OFFLINE': '1', 'TOKENIZERS_PARALLELISM': 'false'}
+    start = time.perf_counter()
+    run = subprocess.run(['/usr/bin/time', '-f', 'PEAK_KB %M', *map(str, cmd)], capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - start
+    if run.returncode: sys.exit(f'failed: {" ".join(map(str, cmd))}\n{run.stderr[-3000:]}')
+    peak = int(next(l for l in run.stderr.splitlines() if l.startswith('PEAK_KB')).split()[1]) / 1024
+    return wall, peak, run.stdout
+
+def write_shards(directory, state:dict, make, shard_mb:int) -> int:
+    "Write the tensors `make(t)` of each entry of the (meta) `state` into shards of about `shard_mb` MB with their index, one shard in memory at a time; their bytes"
+    from fasterai_fc.misc.outofcore import write_safetensors
+    shards, current, size = [], {}, 0
+    for name, t in state.items():
+        current[name] = make(t)
+        size += current[name].nbytes
+        if size >= shard_mb * 2**20: shards.append(current); current, size = {}, 0
+    if current: shards.append(current)
+    weight_map, total = {}, 0
+    for k, tensors in enumerate(shards):
+        name = f'model-{k + 1:05d}-of-{len(shards):05d}.safetensors'
+        write_safetensors(tensors, directory/name)
+        weight_map.update(dict.fromkeys(tensors, name))
+        total += sum(t.nbytes for t in tensors.values())
+    (directory/'model.safetensors.index.json').write_text(json.dumps({'metadata': {'total_size': total}, 'weight_map': weight_map}))
+    return total

@@ -2,7 +2,7 @@
 import argparse, json, os, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 import torch
-from common import add_common_args, print_machine, print_table, set_threads
+from common import add_common_args, print_machine, print_table, set_threads, timed, write_shards
 
 # Each child prints one JSON line; `/usr/bin/time -f %M` gives its peak RSS (KB)
 IN_MEMORY = """
@@ -33,7 +33,6 @@ print(json.dumps(times))
 def write_checkpoint(directory:Path, layers:int, hidden:int, intermediate:int, kv_width:int, vocab:int, dtype:torch.dtype, shard_mb:int):
     "A save_pretrained directory of a LLaMA-shaped model with random weights, written tensor by tensor (never whole in memory)"
     from transformers import LlamaConfig
-    from fasterai_fc.misc.outofcore import write_safetensors
     from fasterai_fc.misc.serialization import meta_model
     config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
                          num_attention_heads=hidden // 128, num_key_value_heads=kv_width // 128, tie_word_embeddings=False,
@@ -41,30 +40,7 @@ def write_checkpoint(directory:Path, layers:int, hidden:int, intermediate:int, k
     directory.mkdir(parents=True)
     config.save_pretrained(directory)
     state = meta_model(directory).state_dict()
-    shards, current, size = [], {}, 0
-    for name, t in state.items():
-        current[name] = (torch.randn(t.shape) * 0.02).to(dtype) if t.dim() == 2 else torch.ones(t.shape, dtype=dtype)
-        size += current[name].nbytes
-        if size >= shard_mb * 2**20: shards.append(current); current, size = {}, 0
-    if current: shards.append(current)
-    weight_map, total = {}, 0
-    for k, tensors in enumerate(shards):
-        name = f'model-{k + 1:05d}-of-{len(shards):05d}.safetensors'
-        write_safetensors(tensors, directory/name)
-        weight_map.update(dict.fromkeys(tensors, name))
-        total += sum(t.nbytes for t in tensors.values())
-    (directory/'model.safetensors.index.json').write_text(json.dumps({'metadata': {'total_size': total}, 'weight_map': weight_map}))
-    return total
-
-def timed(cmd:list, threads:int) -> tuple:
-    "`(wall seconds, peak RSS MB of the largest process, stdout)` of `cmd` under /usr/bin/time"
-    env = {**os.environ, 'OMP_NUM_THREADS': str(threads), 'MKL_NUM_THREADS': str(threads), 'HF_HUB_OFFLINE': '1'}
-    start = time.perf_counter()
-    run = subprocess.run(['/usr/bin/time', '-f', 'PEAK_KB %M', *map(str, cmd)], capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - start
-    if run.returncode: sys.exit(f'failed: {" ".join(map(str, cmd))}\n{run.stderr[-3000:]}')
-    peak = int(next(l for l in run.stderr.splitlines() if l.startswith('PEAK_KB')).split()[1]) / 1024
-    return wall, peak, run.stdout
+    return write_shards(directory, state, lambda t: (torch.randn(t.shape) * 0.02).to(dtype) if t.dim() == 2 else torch.ones(t.shape, dtype=dtype), shard_mb)
 
 def gram_ops(m:int, n:int) -> float:
     "Operation count of the Gram method for an m x n weight, as svd.py estimates it: the Gram product, then its eigendecomposition"

@@ -2,12 +2,11 @@
 import argparse, json, os, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 import torch
-from common import add_common_args, print_machine, print_table, set_threads
+from common import add_common_args, print_machine, print_table, set_threads, timed, write_shards
 
 def write_checkpoint(directory:Path, layers:int, hidden:int, intermediate:int, vocab:int, shard_mb:int, tokenizer) -> int:
     "A save_pretrained directory of a LLaMA-shaped float32 model with random weights, written tensor by tensor, with `tokenizer`; its bytes"
     from transformers import LlamaConfig
-    from fasterai_fc.misc.outofcore import write_safetensors
     from fasterai_fc.misc.serialization import meta_model
     config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
                          num_attention_heads=max(1, hidden // 128), num_key_value_heads=max(1, hidden // 128), tie_word_embeddings=False,
@@ -16,20 +15,7 @@ def write_checkpoint(directory:Path, layers:int, hidden:int, intermediate:int, v
     config.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     generator = torch.Generator().manual_seed(0)
-    shards, current, size = [], {}, 0
-    for name, t in meta_model(directory).state_dict().items():
-        current[name] = torch.randn(t.shape, generator=generator) * 0.02 if t.dim() == 2 else torch.ones(t.shape)
-        size += current[name].nbytes
-        if size >= shard_mb * 2**20: shards.append(current); current, size = {}, 0
-    if current: shards.append(current)
-    weight_map, total = {}, 0
-    for k, tensors in enumerate(shards):
-        name = f'model-{k + 1:05d}-of-{len(shards):05d}.safetensors'
-        write_safetensors(tensors, directory/name)
-        weight_map.update(dict.fromkeys(tensors, name))
-        total += sum(t.nbytes for t in tensors.values())
-    (directory/'model.safetensors.index.json').write_text(json.dumps({'metadata': {'total_size': total}, 'weight_map': weight_map}))
-    return total
+    return write_shards(directory, meta_model(directory).state_dict(), lambda t: torch.randn(t.shape, generator=generator) * 0.02 if t.dim() == 2 else torch.ones(t.shape), shard_mb)
 
 def word_tokenizer(sentences:list):
     "A word-level tokenizer trained on `sentences` (offline, in a second), as transformers saves and loads it"
@@ -39,16 +25,6 @@ def word_tokenizer(sentences:list):
     words.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
     words.train_from_iterator(sentences, tokenizers.trainers.WordLevelTrainer(special_tokens=['[PAD]', '[UNK]', '[EOS]'], vocab_size=8000))
     return PreTrainedTokenizerFast(tokenizer_object=words, pad_token='[PAD]', unk_token='[UNK]', eos_token='[EOS]')
-
-def timed(cmd:list, threads:int) -> tuple:
-    "`(wall seconds, peak RSS MB of the largest process, stdout)` of `cmd` under /usr/bin/time"
-    env = {**os.environ, 'OMP_NUM_THREADS': str(threads), 'MKL_NUM_THREADS': str(threads), 'HF_HUB_OFFLINE': '1', 'TOKENIZERS_PARALLELISM': 'false'}
-    start = time.perf_counter()
-    run = subprocess.run(['/usr/bin/time', '-f', 'PEAK_KB %M', *map(str, cmd)], capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - start
-    if run.returncode: sys.exit(f'failed: {" ".join(map(str, cmd))}\n{run.stderr[-3000:]}')
-    peak = int(next(l for l in run.stderr.splitlines() if l.startswith('PEAK_KB')).split()[1]) / 1024
-    return wall, peak, run.stdout
 
 def block_ops(hidden:int, intermediate:int, kv:int, tokens:int) -> float:
     "Operation count of one LLaMA block in the pipeline: the eigendecomposition of each input Gram matrix (9 n^3), the Gram method's SVD of each whitened weight (k^2 max + 6 k^3), the forward passes and the Gram products"

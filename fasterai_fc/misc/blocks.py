@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 from fastcore.basics import patch
 from .layers import swap_in, undo_swaps
-from .calibration import BatchContext, InputStats, evaluating, feed, token_mask
+from .calibration import collect_stats, evaluating, feed, token_mask
 from .recovery import main_output
 
 # %% auto #0
@@ -156,17 +156,7 @@ def first_calls(model:nn.Module,  # The model
 # %% ../../nbs/misc/blocks.ipynb #4a4c8228
 def stream_stats(block:nn.Module, layers:list, kind:str, stream:Stream, comm=None) -> list:
     "The `InputStats` of `layers` (inside `block`) over every batch of `stream`, summed over the ranks of `comm`"
-    context = BatchContext()
-    stats = [InputStats(l, kind, context) for l in layers]
-    hooks = [l.register_forward_pre_hook(s, with_kwargs=True) for l, s in zip(layers, stats)]
-    try:
-        with evaluating(block):
-            for i in range(len(stream)):
-                context.start(stream.batch(i))
-                stream.replay(block, stream.batch(i))
-    finally:
-        for h in hooks: h.remove()
-        context.start(None)
+    stats = collect_stats(block, layers, kind, [stream.batch(i) for i in range(len(stream))], stream.replay)
     if comm is not None:
         for s in stats:
             comm.all_reduce(s.total)
