@@ -8,29 +8,20 @@ import math
 import numpy as np
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from fastcore.basics import patch
 import torch
 import torch.nn as nn
 from .lowrank import LowRankLinear, dense_weight, features, linear_kind, low_rank_from_factors
-from .ranks import break_even
+from .ranks import break_even, count_params
+from .report import LayerReport
 from .svd import Problem, factorize_layer, spectrum
 from .layers import swap_in, undo_swaps
-from .calibration import eval_mode, evaluating, feed, token_mask
+from .calibration import eval_mode, evaluating, feed, output_error, token_mask
 from .recovery import main_output
 
 # %% auto #0
-__all__ = ['SENSITIVITY_GRID', 'output_error', 'candidate_ranks', 'Truncation', 'truncation', 'LossCurve', 'truncated',
-           'measure_sensitivity', 'gradient_sensitivity', 'allocate_by_sensitivity', 'allocation_errors']
-
-# %% ../../nbs/misc/allocation.ipynb #c344e338
-def output_error(out:torch.Tensor,    # The compressed model's output
-                 target:torch.Tensor, # The original model's output
-                 mask:torch.Tensor|None=None, # Token mask (batch, tokens): only those rows count, when its shape fits
-                ) -> torch.Tensor:
-    "Squared error of `out` as a fraction of the squared norm of `target`, over the unmasked tokens"
-    if mask is not None and out.shape[:-1] == mask.shape:
-        keep = mask.to(out.device).bool()
-        out, target = out[keep], target[keep]
-    return (out.float() - target.float()).pow(2).sum() / target.float().pow(2).sum().clamp_min(1e-30)
+__all__ = ['SENSITIVITY_GRID', 'candidate_ranks', 'Truncation', 'truncation', 'LossCurve', 'truncated', 'measure_sensitivity',
+           'gradient_sensitivity', 'allocate_by_sensitivity', 'allocation_errors']
 
 # %% ../../nbs/misc/allocation.ipynb #eb446aea
 SENSITIVITY_GRID = (0.2, 0.4, 0.6, 0.8)  # fractions of a layer's weights at which the output is measured
@@ -52,6 +43,7 @@ class Truncation:
     layer:nn.Module               # The dense layer
     factors:LowRankLinear|None    # Its factorization at break-even rank (None: no rank saves parameters)
     dropped:torch.Tensor          # dropped[r-1]: fraction of its problem's energy that rank r drops
+    method:str = ''               # What was truncated, as in `Problem.method`
 
 def truncation(name:str,            # The layer's name, for errors
                layer:nn.Module,     # The dense layer
@@ -60,10 +52,10 @@ def truncation(name:str,            # The layer's name, for errors
               ) -> Truncation:
     "Factorize `layer` once, at its break-even rank, and read the energy that each smaller rank drops"
     cap = break_even(*features(layer))
-    if not cap: return Truncation(name, layer, None, torch.zeros(0))
+    if not cap: return Truncation(name, layer, None, torch.zeros(0), problem.method)
     factors = factorize_layer(name, layer, problem, ('rank', cap), True, svd_method)[0]
     energy = spectrum(name, problem.matrix, svd_method).double().pow(2)
-    return Truncation(name, layer, factors, (1 - energy.cumsum(0)[:cap] / energy.sum().clamp_min(1e-300)).clamp_min(0))
+    return Truncation(name, layer, factors, (1 - energy.cumsum(0)[:cap] / energy.sum().clamp_min(1e-300)).clamp_min(0), problem.method)
 
 # %% ../../nbs/misc/allocation.ipynb #c54ccb15
 @dataclass
@@ -83,6 +75,27 @@ def truncated(layer:nn.Module,     # The dense layer
              ) -> LowRankLinear:
     "`layer` as its factorization truncated to `rank` (the factors are views: nothing is copied)"
     return low_rank_from_factors(layer, factors[0].weight[:rank], factors[1].weight[:, :rank])
+
+# %% ../../nbs/misc/allocation.ipynb #2a233a7e
+@patch
+def at(self:Truncation, rank:int, # The rank kept, at most the break-even rank
+      ) -> tuple:
+    "`(LowRankLinear, row)`: the layer factorized at `rank`, its factors copied out of the break-even ones"
+    n_in, n_out = features(self.layer)
+    if self.factors is None or not 1 <= rank <= len(self.dropped):
+        raise ValueError(f"Layer '{self.name}' can be cut at ranks 1 to {len(self.dropped)}, not {rank}")
+    first, second = self.factors[0].weight[:rank], self.factors[1].weight[:, :rank]
+    new = low_rank_from_factors(self.layer, first.detach().clone(), second.detach().clone()) # no view keeps the break-even factors alive
+    dropped = float(self.dropped[rank - 1])
+    return new, LayerReport(self.name, n_in, n_out, rank, count_params(self.layer), count_params(new), 1 - dropped,
+                            math.sqrt(dropped), method=self.method)
+
+@patch
+def energy_spectrum(self:Truncation) -> torch.Tensor:
+    "Singular values with the energy shares that `dropped` implies up to break-even (the rest in one last value)"
+    if not len(self.dropped): return torch.ones(1, dtype=torch.float64)
+    d = self.dropped
+    return torch.cat([1 - d[:1], d[:-1] - d[1:], d[-1:]]).clamp_min(0).sqrt()
 
 # %% ../../nbs/misc/allocation.ipynb #c8658dbc
 def _mean_error(model:nn.Module, batches:list, targets:list, forward_fn:Callable|None) -> float:

@@ -12,12 +12,12 @@ import torch
 import torch.nn as nn
 from fastcore.basics import patch, store_attr
 from .lowrank import features
-from .ranks import allocate_ranks, choose_rank, saves_parameters
+from .ranks import allocate_ranks, layer_rank
 from .report import LayerReport
 from .svd import factorize_layer
 from .layers import select_targets, swap_in, undo_swaps
-from .calibration import STAT_KINDS, evaluating, layer_problem, token_mask
-from .allocation import LossCurve, Truncation, allocate_by_sensitivity, gradient_sensitivity, measure_sensitivity, output_error, truncated, truncation
+from .calibration import STAT_KINDS, evaluating, layer_problem, output_error, token_mask
+from .allocation import LossCurve, Truncation, allocate_by_sensitivity, gradient_sensitivity, measure_sensitivity, truncated, truncation
 from .recovery import main_output, maybe_progress
 from .blocks import *
 
@@ -30,14 +30,15 @@ def target_problem(opts, layer:nn.Module, stats):
     "What to truncate for `layer` under the options `opts` (method, alpha, damping) and its statistics"
     return layer_problem(layer, opts.method, stats, opts.alpha, opts.damping)
 
-def factorize_target(opts, name:str, layer:nn.Module, rule, stats) -> tuple:
-    "`(new or None, row)` for one layer under `opts`; a rule of None means dense by the global allocation"
+def factorize_target(opts, name:str, layer:nn.Module, rule, stats, cut:Truncation|None=None) -> tuple:
+    "`(new or None, row)` for one layer under `opts`; a rule of None means dense by the global allocation; a rank taken from `cut` if given"
     if rule is None: return None, LayerReport.dense(name, layer, 'kept dense by the global allocation', opts.method)
     n_in = features(layer)[0]
     if opts.method == 'whiten' and stats is not None and 0 < stats.count < n_in:
         warnings.warn(f"Layer '{name}' saw {stats.count} calibration rows for {n_in} inputs: whitening can do worse than "
                       "plain SVD there; give more data, or damping=", stacklevel=4)
-    new, row = factorize_layer(name, layer, target_problem(opts, layer, stats), rule, opts.force, opts.svd_method)
+    if cut is not None and cut.factors is not None and rule[0] == 'rank': new, row = cut.at(rule[1]) # factorized once already
+    else: new, row = factorize_layer(name, layer, target_problem(opts, layer, stats), rule, opts.force, opts.svd_method)
     row.rows = None if stats is None else stats.count
     return new, row
 
@@ -76,12 +77,6 @@ def _cost(layer) -> float:
     return float(n_in * n_out * min(n_in, n_out))
 
 # %% ../../nbs/misc/blockwise.ipynb #3085c490
-def _energy_spectrum(dropped:torch.Tensor) -> torch.Tensor:
-    "Singular values with the energy shares that `dropped` implies up to its length (the rest in one last value)"
-    if not len(dropped): return torch.ones(1, dtype=torch.float64)
-    share = torch.cat([1 - dropped[:1], dropped[:-1] - dropped[1:], dropped[-1:]]).clamp_min(0)
-    return share.sqrt()
-
 def _cuts(opts, module, targets:list, idx:list, stats:list, comm) -> list:
     "The `Truncation` of each target of a unit, each factorized once on the rank that owns it"
     if comm is not None: comm.assign([_cost(targets[i].layer) for i in idx])
@@ -90,7 +85,7 @@ def _cuts(opts, module, targets:list, idx:list, stats:list, comm) -> list:
         t = targets[i]
         make = lambda: (lambda c: (c.factors, c.dropped))(truncation(t.names[0], t.layer, target_problem(opts, t.layer, stats[k]), opts.svd_method))
         factors, dropped = _shared(comm, k, make)
-        cuts.append(Truncation(t.names[0], t.layer, factors, dropped))
+        cuts.append(Truncation(t.names[0], t.layer, factors, dropped, opts.method))
     return cuts
 
 # %% ../../nbs/misc/blockwise.ipynb #0bb4fd2d
@@ -144,7 +139,7 @@ def measure(self:Pipeline) -> tuple:
                 if self.opts.allocation != 'energy':
                     for i, c in zip(idx, unit_curves(self.opts, module, feeder, cuts, self.comm)): curves[i] = c
                 for i, c in zip(idx, cuts):
-                    spectra[i] = (_energy_spectrum(c.dropped), *features(c.layer))
+                    spectra[i] = (c.energy_spectrum(), *features(c.layer))
                     size = sum(p.nbytes for p in c.factors.parameters()) if c.factors is not None else 0
                     if size <= room: self.kept[i], room = c, room - size  # the check needs the same cut: keep it while it fits
                 if name is not None: stream.advance(module)
@@ -228,8 +223,7 @@ def uniform_ranks(opts,         # The options: a param_ratio rule
                   targets:list, # The `LinearTarget`s
                  ) -> list:
     "The rank the param_ratio rule gives each target (None where it saves nothing)"
-    ranks = [choose_rank(opts.rule, *features(t.layer)) for t in targets]
-    return [r if saves_parameters(r, *features(t.layer)) else None for r, t in zip(ranks, targets)]
+    return [r if worth else None for r, worth in (layer_rank(opts.rule, *features(t.layer)) for t in targets)]
 
 @patch
 def rules(self:Pipeline) -> list:

@@ -13,8 +13,9 @@ from .lowrank import features, work_weight
 from .svd import Problem
 
 # %% auto #0
-__all__ = ['STAT_KINDS', 'as_batches', 'feed', 'token_mask', 'eval_mode', 'evaluating', 'BatchContext', 'InputStats',
-           'collect_stats', 'whitening', 'layer_problem', 'Calibration', 'call_order', 'calibration_notes']
+__all__ = ['STAT_KINDS', 'as_batches', 'feed', 'token_mask', 'eval_mode', 'evaluating', 'output_error', 'BatchContext',
+           'InputStats', 'collect_stats', 'whitening', 'layer_problem', 'Calibration', 'call_order',
+           'calibration_notes']
 
 # %% ../../nbs/misc/calibration.ipynb #dd59e795
 def as_batches(data,         # A tensor or dict (one batch), or an iterable of batches (a list, a DataLoader)
@@ -71,6 +72,17 @@ def evaluating(model:nn.Module):
     "Eval mode and no gradients inside; every module's own mode restored after"
     with eval_mode(model), torch.no_grad(): yield
 
+# %% ../../nbs/misc/calibration.ipynb #abe68996
+def output_error(out:torch.Tensor,    # The compressed model's output
+                 target:torch.Tensor, # The original model's output
+                 mask:torch.Tensor|None=None, # Token mask (batch, tokens): only those rows count, when its shape fits
+                ) -> torch.Tensor:
+    "Squared error of `out` as a fraction of the squared norm of `target`, over the unmasked tokens"
+    if mask is not None and out.shape[:-1] == mask.shape:
+        keep = mask.to(out.device).bool()
+        out, target = out[keep], target[keep]
+    return (out.float() - target.float()).pow(2).sum() / target.float().pow(2).sum().clamp_min(1e-30)
+
 # %% ../../nbs/misc/calibration.ipynb #c91e64eb
 def _batch_stat(x:torch.Tensor, kind:str) -> torch.Tensor:
     "One batch's contribution, in float64: x^T x or sum |x|"
@@ -99,11 +111,13 @@ class InputStats:
         n, device = features(layer)[0], layer.weight.device
         self.kind, self.count, self.context = kind, 0, context or BatchContext()
         self.total = torch.zeros((n, n) if kind == 'gram' else n, dtype=torch.float64, device=device)
-        self.roots = {}
+        self.roots, self.eig = {}, None
 
     def root(self, damping:float) -> torch.Tensor:
-        "The whitening matrix S of the Gram matrix, computed once per damping"
-        if damping not in self.roots: self.roots[damping] = whitening(self.total, damping)
+        "The whitening matrix S of the Gram matrix, computed once per damping from one eigendecomposition"
+        if damping not in self.roots:
+            if self.eig is None: self.eig = torch.linalg.eigh(self.total)
+            self.roots[damping] = whitening(self.total, damping, self.eig)
         return self.roots[damping]
 
     def __call__(self, module, args, kwargs):
@@ -117,6 +131,7 @@ class InputStats:
             self.context.cache[id(x)] = (weakref.ref(x), stat, rows)
         self.total += stat.to(self.total.device)
         self.count += rows
+        self.roots, self.eig = {}, None  # new data: the whitening is redone from the new sums
 
 # %% ../../nbs/misc/calibration.ipynb #e0530ed0
 def collect_stats(model:nn.Module, # The model run on the batches
@@ -141,9 +156,12 @@ def collect_stats(model:nn.Module, # The model run on the batches
     return stats
 
 # %% ../../nbs/misc/calibration.ipynb #c4f3924b
-def whitening(gram:torch.Tensor, damping:float=0.0) -> torch.Tensor:
+def whitening(gram:torch.Tensor,   # The Gram matrix G
+              damping:float=0.0,   # Added to its eigenvalues, as a fraction of their mean
+              eig:tuple|None=None, # Its eigendecomposition `torch.linalg.eigh(gram)`, if already known
+             ) -> torch.Tensor:
     "A square root S of the Gram matrix (S S^T = G + damping * mean(diag G) * I), from its eigendecomposition"
-    evals, vecs = torch.linalg.eigh(gram)
+    evals, vecs = torch.linalg.eigh(gram) if eig is None else eig
     evals = evals.clamp_min(0) + damping * float(gram.diagonal().mean())
     return vecs * evals.sqrt()
 

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/misc/examples.ipynb #e4300160
 from __future__ import annotations
-import importlib, re, warnings
+import importlib, re, types, warnings
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -79,12 +79,15 @@ _STDLIB_MODULES = ('argparse asyncio calendar collections csv datetime decimal d
                    'uuid xml.dom.minidom zipfile').split()
 
 def _docstrings(module_name:str) -> list:
-    "The docstrings of a module and of its public attributes, in name order"
+    "The docstrings of a module and of its public attributes, in name order (submodules left out)"
     module = importlib.import_module(module_name)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', DeprecationWarning) # touching typing.io and typing.re warns (Python 3.11)
         objs = [module] + [getattr(module, a) for a in sorted(dir(module)) if not a.startswith('_')]
-        return [o.__doc__ for o in objs if isinstance(getattr(o, '__doc__', None), str)]
+        # a package's submodules are its attributes only once something imported them: leaving them out keeps the list
+        # the same whatever the process imported before
+        return [o.__doc__ for o in objs[:1] + [o for o in objs[1:] if not isinstance(o, types.ModuleType)]
+                if isinstance(getattr(o, '__doc__', None), str)]
 
 def stdlib_sentences(min_words:int=8,  # Shortest sentence kept, in words
                      max_words:int=40, # Longest sentence kept, in words

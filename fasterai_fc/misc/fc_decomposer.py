@@ -111,7 +111,11 @@ def _probe(opts:DecomposeOptions) -> tuple:
         return opts.calibration.probe[:opts.probe_batches], opts.forward_fn or opts.calibration.forward_fn
     return (opts.batches or [])[:opts.probe_batches], opts.forward_fn
 
-def _curves(model:nn.Module, opts:DecomposeOptions, targets:list, stats:list) -> list:
+def _cuts(opts:DecomposeOptions, targets:list, stats:list) -> list:
+    "The `Truncation` of each target: each layer factorized once, at break-even; every candidate is a slice of it"
+    return [truncation(t.names[0], t.layer, target_problem(opts, t.layer, s), opts.svd_method) for t, s in zip(targets, stats)]
+
+def _curves(model:nn.Module, opts:DecomposeOptions, targets:list, cuts:list) -> list:
     "The `LossCurve` of each target: kept by the Calibration from an earlier call with the same setting, or measured"
     probe, forward_fn = _probe(opts)
     setting, cache = (opts.allocation, opts.method, opts.alpha, opts.damping, opts.svd_method, len(probe)), {}
@@ -119,11 +123,10 @@ def _curves(model:nn.Module, opts:DecomposeOptions, targets:list, stats:list) ->
     def kept(layer):
         ref, curve = cache.get((id(layer), setting), (None, None))
         return curve if ref is not None and ref() is layer else None
-    todo = [(t, s) for t, s in zip(targets, stats) if kept(t.layer) is None]
-    cuts = (truncation(t.names[0], t.layer, target_problem(opts, t.layer, s), opts.svd_method) for t, s in todo)
+    todo = [(t, c) for t, c in zip(targets, cuts) if kept(t.layer) is None]
     if not todo: curves = []
-    elif opts.allocation == 'gradient': curves = gradient_sensitivity(model, list(cuts), probe, forward_fn)
-    else: curves = measure_sensitivity(model, cuts, probe, forward_fn)  # one factorization at a time, freed once measured
+    elif opts.allocation == 'gradient': curves = gradient_sensitivity(model, [c for _, c in todo], probe, forward_fn)
+    else: curves = measure_sensitivity(model, [c for _, c in todo], probe, forward_fn)
     for (t, _), curve in zip(todo, curves):
         cache[(id(t.layer), setting)] = (weakref.ref(t.layer), curve)
     return [kept(t.layer) for t in targets]
@@ -134,44 +137,45 @@ def _energy_ranks(opts:DecomposeOptions, targets:list, stats:list) -> list:
                for t, s in zip(targets, stats)]
     return allocate_ranks(spectra, opts.rule[1])
 
-def _best_allocation(model:nn.Module, opts:DecomposeOptions, targets:list, stats:list, candidates:dict) -> list:
+def _best_allocation(model:nn.Module, opts:DecomposeOptions, cuts:list, candidates:dict) -> list:
     "The candidate ranks whose factorized model is closest to the original on the probe batches; its choice noted"
-    def factorized(ranks):
-        return lambda: {id(t.layer): factorize_layer(t.names[0], t.layer, target_problem(opts, t.layer, s), ('rank', r), True, opts.svd_method)[0]
-                        for t, s, r in zip(targets, stats, ranks) if r is not None}
-    errors = allocation_errors(model, {k: factorized(v) for k, v in candidates.items()}, *_probe(opts))
+    def sliced(ranks): return {id(c.layer): truncated(c.layer, c.factors, r) for c, r in zip(cuts, ranks) if r is not None}
+    errors = allocation_errors(model, {k: sliced(v) for k, v in candidates.items()}, *_probe(opts))
     best = min(errors, key=errors.get)
     opts.notes.append(f"kept the {best} ranks (output error on the probe: " + ', '.join(f'{k} {e:.4f}' for k, e in errors.items()) + ')')
     return candidates[best]
 
-def _rules(model:nn.Module, opts:DecomposeOptions, targets:list, stats:list) -> list:
-    "The rule of each target: the one given, or `('rank', r)` (None: dense) from a global allocation of the budget"
-    if opts.allocation == 'layer': return [opts.rule] * len(targets)
+def _rules(model:nn.Module, opts:DecomposeOptions, targets:list, stats:list) -> tuple:
+    "`(rules, cuts)`: each target's rule, the one given or `('rank', r)` (None: dense) from a global allocation of the budget"
+    if opts.allocation == 'layer': return [opts.rule] * len(targets), None
+    cuts = None
     if opts.allocation != 'energy' and _probe(opts)[0]:
-        start = time.perf_counter()
-        measured = allocate_by_sensitivity(_curves(model, opts, targets, stats), opts.rule[1])
+        start, cuts = time.perf_counter(), _cuts(opts, targets, stats)
+        measured = allocate_by_sensitivity(_curves(model, opts, targets, cuts), opts.rule[1])
         n, how = len(_probe(opts)[0]), ('estimated from gradients' if opts.allocation == 'gradient'
                                         else f'measured at {len(SENSITIVITY_GRID)} ranks per layer')
-        candidates = {opts.allocation: measured, 'energy': _energy_ranks(opts, targets, stats), 'uniform': uniform_ranks(opts, targets)}
-        ranks = _best_allocation(model, opts, targets, stats, candidates)
+        energy = allocate_ranks([(c.energy_spectrum(), *features(c.layer)) for c in cuts], opts.rule[1])
+        candidates = {opts.allocation: measured, 'energy': energy, 'uniform': uniform_ranks(opts, targets)}
+        ranks = _best_allocation(model, opts, cuts, candidates)
         opts.notes.insert(-1, f"{opts.allocation} allocation: output error {how} on {n} batch{'es' if n > 1 else ''}, "
                               f"in {time.perf_counter() - start:.1f} s")
     else:
         ranks = _energy_ranks(opts, targets, stats)
         if opts.allocation != 'energy': opts.notes.append(f'{opts.allocation} allocation by weight energy: no data to measure the output on')
-    return [None if r is None else ('rank', r) for r in ranks]
+    return [None if r is None else ('rank', r) for r in ranks], cuts
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #4c3388e1
-def _one_by_one(opts:DecomposeOptions, targets:list, rules:list, stats:list, on_done=None) -> list:
-    "Factorize the targets in turn; `on_done(target, result)` takes each result as soon as it is ready"
+def _one_by_one(opts:DecomposeOptions, targets:list, rules:list, stats:list, on_done=None, cuts:list|None=None) -> list:
+    "Factorize the targets in turn (a rank from its `Truncation` if given); `on_done(target, result)` takes each result at once"
     results = []
     for i, t in enumerate(targets):
-        try: results.append(factorize_target(opts, t.names[0], t.layer, rules[i], stats[i]))
+        try: results.append(factorize_target(opts, t.names[0], t.layer, rules[i], stats[i], cuts[i] if cuts else None))
         except BaseException as e:
             done = [t.names[0] for t, (new, _) in zip(targets, results) if new is not None]
             if on_done and done and hasattr(e, 'add_note'): e.add_note(f"Already factorized in place: {', '.join(done)}")
             raise
-        stats[i] = None # this layer's statistics are no longer needed
+        stats[i] = None # this layer's statistics (and break-even factors) are no longer needed
+        if cuts: cuts[i] = None
         if on_done: on_done(t, results[-1])
     return results
 
@@ -201,9 +205,9 @@ def _factorize_all(model:nn.Module, opts:DecomposeOptions, targets:list, stream:
     if use_blockwise(model, opts, targets): return decompose_blocks(model, opts, targets=targets, cache_limit=opts.cache_limit, keep=stream)
     global_stats = opts.mode != 'sequential' or opts.allocation != 'layer'
     stats = _stats(model, opts, [t.layer for t in targets]) if global_stats else None
-    rules = _rules(model, opts, targets, stats)
-    if opts.mode == 'sequential': return _sequentially(model, opts, targets, rules)
-    return _one_by_one(opts, targets, rules, stats, _streamer(model) if stream else None)
+    rules, cuts = _rules(model, opts, targets, stats)
+    if opts.mode == 'sequential': return _sequentially(model, opts, targets, rules) # each layer on new statistics
+    return _one_by_one(opts, targets, rules, stats, _streamer(model) if stream else None, cuts)
 
 # %% ../../nbs/misc/fc_decomposer.ipynb #fabf849c
 class FC_Decomposer:

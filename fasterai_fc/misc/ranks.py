@@ -10,7 +10,7 @@ import torch.nn as nn
 from .lowrank import features, is_linear_like
 
 # %% auto #0
-__all__ = ['PERCENT_REMOVED_DEFAULT', 'check_number', 'rank_rule', 'choose_rank', 'saves_parameters', 'break_even',
+__all__ = ['PERCENT_REMOVED_DEFAULT', 'check_number', 'rank_rule', 'choose_rank', 'saves_parameters', 'break_even', 'layer_rank',
            'count_params', 'linear_flops', 'count_flops', 'allocate_ranks']
 
 # %% ../../nbs/misc/ranks.ipynb #490af56b
@@ -90,6 +90,17 @@ def saves_parameters(rank:int, in_features:int, out_features:int) -> bool:
 def break_even(in_features:int, out_features:int) -> int:
     "Largest rank whose factorization still saves parameters (0 when none does)"
     return max(0, (in_features * out_features - 1) // (in_features + out_features))
+
+# %% ../../nbs/misc/ranks.ipynb #a457976f
+def layer_rank(rule:tuple,           # A rank rule, as returned by rank_rule
+               in_features:int,      # The layer's input size
+               out_features:int,     # The layer's output size
+               sigma:torch.Tensor|None=None, # Its singular values (needed by 'energy_threshold' only)
+               force:bool=False,     # Factorize even where it saves no parameters
+              ) -> tuple:
+    "`(rank, factorize)`: the rank `rule` gives the layer, and whether to factorize it at that rank"
+    rank = choose_rank(rule, in_features, out_features, sigma)
+    return rank, force or saves_parameters(rank, in_features, out_features)
 
 # %% ../../nbs/misc/ranks.ipynb #1de8d337
 def count_params(model:nn.Module) -> int:

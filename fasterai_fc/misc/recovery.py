@@ -14,7 +14,7 @@ from fastcore.imports import IN_NOTEBOOK
 from fastprogress.fastprogress import progress_bar
 from .lowrank import LowRankLinear, is_linear_like
 from .ranks import linear_flops
-from .calibration import as_batches, call_order, eval_mode, evaluating, feed, token_mask
+from .calibration import as_batches, call_order, eval_mode, evaluating, feed, output_error, token_mask
 
 # %% auto #0
 __all__ = ['SCHEDULES', 'MATCHES', 'maybe_progress', 'main_output', 'split_valid', 'DistillResult', 'find_blocks', 'distill',
@@ -98,11 +98,6 @@ class DistillResult:
 def _low_rank_params(model:nn.Module) -> list:
     return list({id(p): p for m in model.modules() if isinstance(m, LowRankLinear) for p in m.parameters()}.values())
 
-def _relative_mse(out:torch.Tensor, target:torch.Tensor, mask:torch.Tensor|None=None) -> torch.Tensor:
-    "Mean squared error as a fraction of the target's mean square, over the unmasked tokens when the mask fits"
-    if mask is not None and out.shape[:-1] == mask.shape: out, target = out[mask.to(out.device)], target[mask.to(out.device)]
-    return F.mse_loss(out.float(), target.float()) / target.float().pow(2).mean().clamp_min(1e-12)
-
 SCHEDULES = {'constant': lambda t: 1.0, 'linear': lambda t: 1.0 - t, 'cosine': lambda t: 0.5 * (1 + math.cos(math.pi * t))}
 
 # %% ../../nbs/misc/recovery.ipynb #d23e49ac
@@ -177,7 +172,7 @@ def _distill_blocks(student:nn.Module, teacher:nn.Module, train:list, held:list,
         calls = _capture(student, block, batches, device, forward_fn, inputs=True)
         if calls is None: continue
         targets = _capture(teacher, originals[name], batches, device, forward_fn, inputs=False)
-        loss = lambda j: _relative_mse(main_output(block(*calls[j][0], **calls[j][1])), targets[j], token_mask(batches[j]))
+        loss = lambda j: output_error(main_output(block(*calls[j][0], **calls[j][1])), targets[j], token_mask(batches[j]))
         def valid_loss():
             with torch.no_grad(): return sum(float(loss(j)) for j in range(n, len(batches))) / len(held)
         results[name] = _fit(_low_rank_params(block), lambda step: loss(step % n), valid_loss if held else None,
@@ -235,7 +230,7 @@ def distill(student:nn.Module,      # The compressed model: its LowRankLinear la
     if match == 'auto': match = 'blocks' if _has_blocks(student) else 'output'
     device = next(student.parameters()).device
     with evaluating(teacher): targets = [output_fn(feed(teacher, b, device, forward_fn)).detach() for b in train + held]
-    loss = lambda j: _relative_mse(output_fn(feed(student, (train + held)[j], device, forward_fn)), targets[j], token_mask((train + held)[j]))
+    loss = lambda j: output_error(output_fn(feed(student, (train + held)[j], device, forward_fn)), targets[j], token_mask((train + held)[j]))
     def valid_loss():
         with torch.no_grad(): return sum(float(loss(j)) for j in range(len(train), len(targets))) / len(held)
     fit = dict(steps=steps, lr=lr, schedule=schedule, eval_every=eval_every, patience=patience, show_progress=show_progress)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from .lowrank import LowRankLinear, features, low_rank_from_factors, work_weight
-from .ranks import choose_rank, count_params, saves_parameters
+from .ranks import count_params, layer_rank
 from .report import LayerReport
 
 # %% auto #0
@@ -181,8 +181,8 @@ def factorize_layer(name:str,              # Layer name, for the report and erro
     "`(LowRankLinear, row)`, or `(None, row)` when `layer` stays dense"
     n_in, n_out = features(layer)
     sigma = spectrum(name, problem.matrix, svd_method) if rule[0] == 'energy_threshold' else None
-    rank = choose_rank(rule, n_in, n_out, sigma)
-    if not (force or saves_parameters(rank, n_in, n_out)):
+    rank, worth = layer_rank(rule, n_in, n_out, sigma, force)
+    if not worth:
         return None, LayerReport.dense(name, layer, f'rank {rank} saves nothing: {rank}x({n_in}+{n_out}) >= {n_in}x{n_out}', problem.method)
     basis, left, tail = top_singular(name, problem.matrix, rank, svd_method, right=problem.method == 'svd')
     weight = problem.matrix if problem.method == 'svd' else work_weight(layer)
