@@ -4,7 +4,7 @@
 
 # %% ../../nbs/misc/outofcore.ipynb #34bdea67
 from __future__ import annotations
-import copy, errno, hashlib, heapq, json, os, shutil
+import copy, errno, hashlib, heapq, json, os, shutil, socket
 from datetime import timedelta
 from pathlib import Path
 import torch
@@ -18,9 +18,9 @@ from .serialization import RECORD_KEY, RECORD_VERSION, meta_model
 from .svd import SVD_METHODS, Problem, factorize_layer
 
 # %% auto #0
-__all__ = ['INCOMPLETE_MARKER', 'SafetensorsFile', 'write_safetensors', 'checkpoint_files', 'streamable', 'Unit', 'plan',
-           'balance', 'factorize_unit', 'job_fingerprint', 'complete_parts', 'prepare_output', 'write_part',
-           'finish_output', 'torchrun_world', 'parse_size', 'decompose_checkpoint']
+__all__ = ['LOCK_FILE', 'INCOMPLETE_MARKER', 'SafetensorsFile', 'write_safetensors', 'checkpoint_files', 'streamable', 'Unit',
+           'plan', 'balance', 'factorize_unit', 'lock_output', 'unlock_output', 'job_fingerprint', 'complete_parts',
+           'prepare_output', 'write_part', 'finish_output', 'torchrun_world', 'parse_size', 'decompose_checkpoint']
 
 # %% ../../nbs/misc/outofcore.ipynb #74b8e576
 _DTYPES = {'F64': torch.float64, 'F32': torch.float32, 'F16': torch.float16, 'BF16': torch.bfloat16,
@@ -186,6 +186,44 @@ def factorize_unit(unit:Unit, files:dict, rule:tuple, force:bool=False, svd_meth
     if new is None: return dict(zip(unit.keys, tensors)), row
     return {unit.prefix + key: t.detach().cpu() for key, t in new.state_dict().items()}, row
 
+# %% ../../nbs/misc/outofcore.ipynb #bc37adf9
+LOCK_FILE = '.fasterai_fc.lock'
+
+def _alive(pid:int) -> bool:
+    "Whether process `pid` exists on this host"
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True  # someone else's process
+    return True
+
+def _me() -> dict: return {'pid': os.getpid(), 'host': socket.gethostname()}
+
+def _owner(path:Path) -> dict:
+    try: return json.loads(path.read_text())
+    except (OSError, ValueError): return {}
+
+def lock_output(out:Path):
+    "Take the lock of `out` for this process; stop with one line if a live run holds it (a dead one's lock is taken over)"
+    path, me = out/LOCK_FILE, _me()
+    aside = out/f'{LOCK_FILE}.{me["pid"]}'
+    aside.write_text(json.dumps(me))
+    try:
+        for _ in range(3):
+            try: return os.link(aside, path)  # atomic: the lock exists whole, or not at all
+            except FileExistsError: owner = _owner(path)
+            if owner == me: return  # this process holds it already (an earlier call that failed)
+            if owner.get('host') == me['host'] and isinstance(owner.get('pid'), int) and not _alive(owner['pid']):
+                path.unlink(missing_ok=True)  # stale: its run died
+                continue
+            raise RuntimeError(f"{out} is being written by another run (pid {owner.get('pid', '?')} on {owner.get('host', '?')}): "
+                               f"wait for it to end, or remove {path} if no such run is alive")
+        raise RuntimeError(f"{out}: could not take its lock {path}, other runs keep taking it")
+    finally: aside.unlink(missing_ok=True)
+
+def unlock_output(out:Path):
+    "Remove the lock of `out` if this process holds it"
+    if _owner(out/LOCK_FILE) == _me(): (out/LOCK_FILE).unlink(missing_ok=True)
+
 # %% ../../nbs/misc/outofcore.ipynb #fa9edf59
 INCOMPLETE_MARKER, _PART = '.fasterai_fc_incomplete', 'model-part-r{rank:03d}-{index:05d}.safetensors'
 
@@ -208,9 +246,10 @@ def prepare_output(out:Path, job:str, overwrite:bool):
     "Make `out` ready: refuse a directory with files of another origin, remove what would make it look complete"
     marker = out/INCOMPLETE_MARKER
     if out.is_file(): raise FileExistsError(f"{out} is a file: a model directory is written as a directory")
-    if out.is_dir() and any(out.iterdir()) and not marker.is_file() and not overwrite:
+    if out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir()) and not marker.is_file() and not overwrite:
         raise FileExistsError(f"{out} is a directory that is not empty: pass overwrite=True (--overwrite) to write into it")
     out.mkdir(parents=True, exist_ok=True)
+    lock_output(out)  # before anything is removed: a run that is writing here is left alone
     for done in (out/_INDEX, out/'model.safetensors'): done.unlink(missing_ok=True)  # first: a partial OUT never looks complete
     marker.write_text(job)
     keep = {path for path, _ in complete_parts(out, job).values()}
@@ -286,6 +325,7 @@ def finish_output(source:Path, out:Path, job:str, n_units:int, dense:list, targe
         (out/(_INDEX + '.partial')).write_text(json.dumps(index, indent=2) + '\n')
         os.replace(out/(_INDEX + '.partial'), out/_INDEX)
     (out/INCOMPLETE_MARKER).unlink()
+    unlock_output(out)
     return report
 
 # %% ../../nbs/misc/outofcore.ipynb #3418393c
