@@ -4,7 +4,7 @@
 
 # %% ../../nbs/misc/outofcore.ipynb #34bdea67
 from __future__ import annotations
-import copy, errno, hashlib, heapq, json, os, shutil, socket
+import copy, errno, hashlib, heapq, json, math, os, shutil, socket
 from datetime import timedelta
 from pathlib import Path
 import torch
@@ -18,9 +18,10 @@ from .serialization import RECORD_KEY, RECORD_VERSION, meta_model
 from .svd import SVD_METHODS, Problem, factorize_layer
 
 # %% auto #0
-__all__ = ['LOCK_FILE', 'INCOMPLETE_MARKER', 'SafetensorsFile', 'write_safetensors', 'checkpoint_files', 'streamable', 'Unit',
-           'plan', 'balance', 'factorize_unit', 'lock_output', 'unlock_output', 'job_fingerprint', 'complete_parts',
-           'prepare_output', 'write_part', 'finish_output', 'torchrun_world', 'parse_size', 'decompose_checkpoint']
+__all__ = ['MAX_HEADER', 'LOCK_FILE', 'INCOMPLETE_MARKER', 'SafetensorsFile', 'write_safetensors', 'checkpoint_files',
+           'streamable', 'Unit', 'plan', 'balance', 'factorize_unit', 'lock_output', 'unlock_output', 'job_fingerprint',
+           'complete_parts', 'prepare_output', 'write_part', 'finish_output', 'torchrun_world', 'parse_size',
+           'decompose_checkpoint']
 
 # %% ../../nbs/misc/outofcore.ipynb #74b8e576
 _DTYPES = {'F64': torch.float64, 'F32': torch.float32, 'F16': torch.float16, 'BF16': torch.bfloat16,
@@ -28,17 +29,51 @@ _DTYPES = {'F64': torch.float64, 'F32': torch.float32, 'F16': torch.float16, 'BF
            'I16': torch.int16, 'I8': torch.int8, 'U8': torch.uint8, 'BOOL': torch.bool}
 _CODES = {dtype: code for code, dtype in _DTYPES.items()}
 
+MAX_HEADER = 100_000_000  # the largest header the safetensors library reads
+
+def _check_entries(path:Path, entries:dict, metadata, data_size:int):
+    "Validate a header as the safetensors library does: known dtypes, sizes that match shapes, byte ranges that tile the data"
+    if not (isinstance(metadata, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
+        raise ValueError(f"{path} is not a safetensors file: its __metadata__ is not a map of strings")
+    end, last = 0, None
+    def key(item):
+        offsets = item[1].get('data_offsets') if isinstance(item[1], dict) else None
+        return tuple(offsets) if isinstance(offsets, list) and all(isinstance(o, int) for o in offsets) else (-1,)
+    for name, e in sorted(entries.items(), key=key):
+        shape, offsets = (e.get('shape'), e.get('data_offsets')) if isinstance(e, dict) else (None, None)
+        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)
+                and isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            raise ValueError(f"'{name}' in {path.name}: its header entry has no valid shape and data_offsets")
+        if e.get('dtype') not in _DTYPES:
+            raise ValueError(f"'{name}' is stored as {e.get('dtype')} in {path.name}, a dtype fasterai_fc cannot read")
+        begin, stop = offsets
+        if begin != end or stop < begin:
+            raise ValueError(f"'{name}' in {path.name}: its bytes {begin}..{stop} overlap or leave a gap after byte {end} of the data")
+        if (stop - begin) != math.prod(shape) * _DTYPES[e['dtype']].itemsize:
+            raise ValueError(f"'{name}' in {path.name}: {stop - begin} bytes for shape {shape} of {e['dtype']}")
+        end, last = stop, name
+    if end > data_size: raise ValueError(f"'{last}' in {path.name}: its bytes run to {end}, past the {data_size} bytes of data (a truncated file)")
+    if end < data_size: raise ValueError(f"{path.name} holds {data_size - end} bytes after its last tensor: it is not a safetensors file")
+
 class SafetensorsFile:
     "The header of a safetensors file, and its tensors read one at a time with plain reads"
     def __init__(self, path:Path):
         self.path = Path(path)
         try:
             with open(self.path, 'rb') as f:
-                size = int.from_bytes(f.read(8), 'little')
+                length, total = f.read(8), os.fstat(f.fileno()).st_size
+                size = int.from_bytes(length, 'little')
+                if len(length) < 8 or not 0 < size <= min(MAX_HEADER, total - 8):
+                    raise ValueError(f"{self.path} is not a safetensors file: its header length {size} does not fit its {total} bytes")
                 header = json.loads(f.read(size))
-        except (OSError, ValueError) as e: raise ValueError(f"{self.path} is not a readable safetensors file ({type(e).__name__})") from None
+        except OSError as e: raise ValueError(f"{self.path} is not a readable safetensors file ({type(e).__name__})") from None
+        except ValueError as e:
+            if str(e).startswith(str(self.path)): raise
+            raise ValueError(f"{self.path} is not a safetensors file: its header is not JSON ({type(e).__name__})") from None
+        if not isinstance(header, dict): raise ValueError(f"{self.path} is not a safetensors file: its header is not a JSON object")
         self.metadata, self.start = header.pop('__metadata__', None) or {}, 8 + size
         self.entries = header
+        _check_entries(self.path, header, self.metadata, total - self.start)
 
     def shape(self, name:str) -> tuple: return tuple(self.entries[name]['shape'])
 
@@ -178,6 +213,8 @@ def factorize_unit(unit:Unit, files:dict, rule:tuple, force:bool=False, svd_meth
     if unit.target is None: return dict(zip(unit.keys, tensors)), None
     name = unit.name
     if not tensors[0].is_floating_point(): raise TypeError(f"'{unit.keys[0]}' has dtype {tensors[0].dtype}: only floating-point weights can be factorized")
+    if not torch.isfinite(tensors[0]).all():
+        raise ValueError(f"'{unit.keys[0]}' in {files[unit.keys[0]].path.name} has non-finite values (nan or inf): nothing can be factorized from it")
     layer = _real_layer(unit.target, [t.to(device) for t in tensors])
     check_linear(name, layer)
     with torch.random.fork_rng(devices=[]):
