@@ -83,11 +83,11 @@ def _docstrings(module_name:str) -> list:
     module = importlib.import_module(module_name)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', DeprecationWarning) # touching typing.io and typing.re warns (Python 3.11)
-        objs = [module] + [getattr(module, a) for a in sorted(dir(module)) if not a.startswith('_')]
         # a package's submodules are its attributes only once something imported them: leaving them out keeps the list
         # the same whatever the process imported before
-        return [o.__doc__ for o in objs[:1] + [o for o in objs[1:] if not isinstance(o, types.ModuleType)]
-                if isinstance(getattr(o, '__doc__', None), str)]
+        attrs = [getattr(module, a) for a in sorted(dir(module)) if not a.startswith('_')]
+        objs = [module] + [o for o in attrs if not isinstance(o, types.ModuleType)]
+        return [o.__doc__ for o in objs if isinstance(getattr(o, '__doc__', None), str)]
 
 def stdlib_sentences(min_words:int=8,  # Shortest sentence kept, in words
                      max_words:int=40, # Longest sentence kept, in words

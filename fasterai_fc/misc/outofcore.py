@@ -63,13 +63,12 @@ class SafetensorsFile:
             with open(self.path, 'rb') as f:
                 length, total = f.read(8), os.fstat(f.fileno()).st_size
                 size = int.from_bytes(length, 'little')
-                if len(length) < 8 or not 0 < size <= min(MAX_HEADER, total - 8):
-                    raise ValueError(f"{self.path} is not a safetensors file: its header length {size} does not fit its {total} bytes")
-                header = json.loads(f.read(size))
+                fits = len(length) == 8 and 0 < size <= min(MAX_HEADER, total - 8)
+                raw = f.read(size) if fits else b''
         except OSError as e: raise ValueError(f"{self.path} is not a readable safetensors file ({type(e).__name__})") from None
-        except ValueError as e:
-            if str(e).startswith(str(self.path)): raise
-            raise ValueError(f"{self.path} is not a safetensors file: its header is not JSON ({type(e).__name__})") from None
+        if not fits: raise ValueError(f"{self.path} is not a safetensors file: its header length {size} does not fit its {total} bytes")
+        try: header = json.loads(raw)
+        except ValueError as e: raise ValueError(f"{self.path} is not a safetensors file: its header is not JSON ({type(e).__name__})") from None
         if not isinstance(header, dict): raise ValueError(f"{self.path} is not a safetensors file: its header is not a JSON object")
         self.metadata, self.start = header.pop('__metadata__', None) or {}, 8 + size
         self.entries = header
@@ -80,8 +79,7 @@ class SafetensorsFile:
     def read(self, name:str) -> torch.Tensor:
         "Tensor `name`, read into fresh memory: mapped pages would count in the resident memory until the file is closed"
         entry = self.entries[name]
-        dtype = _DTYPES.get(entry['dtype'])
-        if dtype is None: raise TypeError(f"'{name}' is stored as {entry['dtype']} in {self.path.name}, a dtype fasterai_fc cannot read")
+        dtype = _DTYPES[entry['dtype']]  # known: the header was checked when the file was opened
         begin, end = entry['data_offsets']
         data = torch.empty(end - begin, dtype=torch.uint8)
         with open(self.path, 'rb') as f:
