@@ -55,8 +55,57 @@ def linear_shapes(layers, hidden, intermediate, kv, vocab) -> list:
     block = [(hidden, hidden), (kv, hidden), (kv, hidden), (hidden, hidden), (intermediate, hidden), (intermediate, hidden), (hidden, intermediate)]
     return block * layers + [(vocab, hidden)]
 
+READER = """
+import json, resource, sys
+import torch  # imported before the start: safe_open imports it on the first read
+from pathlib import Path
+from safetensors import safe_open
+d, how = Path(sys.argv[1]), sys.argv[2]
+by_file = {}
+for name, f in json.loads((d/'model.safetensors.index.json').read_text())['weight_map'].items(): by_file.setdefault(f, []).append(name)
+start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+for f, names in by_file.items():
+    if how == 'shard':
+        with safe_open(d/f, 'pt') as h:
+            for n in names: t = h.get_tensor(n); t.sum(); del t  # summed: every page touched, as factorizing does
+    else:
+        for n in names:
+            with safe_open(d/f, "pt") as h: t = h.get_tensor(n)
+            t.sum()
+            del t
+print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start) / 1024))
+"""
+
+def memory_bound(root:Path, threads:int, quick:bool):
+    "Peak RSS of the CLI over its import baseline against 4x the largest layer's fp32 size plus one output shard, at two depths"
+    hidden, intermediate, vocab, shard = (256, 704, 1024, '4MB') if quick else (1024, 2816, 4096, '50MB')
+    depths = (1, 4) if quick else (8, 32)
+    print(f'LLaMA-shaped, hidden {hidden}, intermediate {intermediate}, vocab {vocab}, float32 on disk, input shards of 100 MB; '
+          f'default rule (half the singular values); output shards of {shard}; {threads} thread(s); MB = 2^20 bytes')
+    cli = shutil.which('fasterai_fc')
+    write_checkpoint(root/'tiny', 1, 256, 512, 256, 1000, torch.float32, 20)
+    baseline = timed([cli, 'decompose', root/'tiny', '-o', root/'tiny_out'], threads)[1]
+    rows, readers = [], None
+    for layers in depths:
+        source = root/f'bound{layers}'
+        size = write_checkpoint(source, layers, hidden, intermediate, hidden, vocab, torch.float32, 100) / 2**20
+        largest = max(hidden * intermediate, hidden * vocab, hidden * hidden) * 4 / 2**20
+        bound = 4 * largest + int(shard[:-2]) * 10**6 / 2**20
+        wall, peak, _ = timed([cli, 'decompose', source, '-o', root/f'bound{layers}_out', '--max-shard-size', shard], threads)
+        rows.append([f'{layers} blocks', f'{size:,.0f}', f'{largest:.0f}', f'{bound:.0f}', f'{peak - baseline:.0f}',
+                     f'{(peak - baseline) / size:.2f}', 'yes' if peak - baseline <= bound else 'NO', f'{wall:.0f}'])
+        if readers is None:
+            readers = {how: json.loads(timed([sys.executable, '-c', READER, source, how], threads)[2]) for how in ('shard', 'tensor')}
+        shutil.rmtree(source); shutil.rmtree(root/f'bound{layers}_out')
+    print(f'import baseline (the CLI on a tiny checkpoint): {baseline:.0f} MB')
+    print_table(['checkpoint', 'MB', 'largest layer fp32 MB', 'bound MB', 'peak over baseline MB', '/ checkpoint', 'within bound', 'wall s'], rows)
+    print(f'Reading every tensor of the {depths[0]}-block checkpoint one at a time with safetensors.safe_open, peak RSS over the start: '
+          f'{readers["shard"]:.0f} MB with one handle per shard (the mapped shard), {readers["tensor"]:.0f} MB with one handle per tensor '
+          '(what SafetensorsFile.read does)\n')
+
 def main():
     parser = add_common_args(argparse.ArgumentParser(description=__doc__))
+    parser.add_argument('--bound', action='store_true', help='only the memory bound: peak RSS over the baseline at 8 and 32 blocks (about 3 minutes)')
     parser.add_argument('--layers', type=int, default=8, help='decoder layers (default 8; quick 1)')
     parser.add_argument('--dtype', default='float16', choices=['float16', 'bfloat16', 'float32'], help='dtype on disk')
     parser.add_argument('--param-ratio', type=float, default=0.5)
@@ -70,6 +119,10 @@ def main():
     hidden, intermediate, vocab = (512, 1408, 4000) if args.quick else (2048, 5632, 32000)
     layers = 1 if args.quick else args.layers
     root = Path(args.dir or tempfile.mkdtemp(prefix='fc_ooc_'))
+    if args.bound:
+        try: return memory_bound(root, threads, args.quick)
+        finally:
+            if not args.dir: shutil.rmtree(root, ignore_errors=True)
     try:
         source = root/'llama'
         start = time.perf_counter()

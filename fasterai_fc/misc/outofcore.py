@@ -4,7 +4,7 @@
 
 # %% ../../nbs/misc/outofcore.ipynb #34bdea67
 from __future__ import annotations
-import copy, errno, hashlib, heapq, json, math, os, shutil, socket
+import copy, ctypes, errno, hashlib, heapq, json, math, os, shutil, socket
 from datetime import timedelta
 from pathlib import Path
 import torch
@@ -16,12 +16,14 @@ from .ranks import rank_rule
 from .report import DecompositionReport, LayerReport
 from .serialization import RECORD_KEY, RECORD_VERSION, meta_model
 from .svd import SVD_METHODS, Problem, factorize_layer
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 # %% auto #0
-__all__ = ['MAX_HEADER', 'LOCK_FILE', 'INCOMPLETE_MARKER', 'SafetensorsFile', 'write_safetensors', 'checkpoint_files',
-           'streamable', 'Unit', 'plan', 'balance', 'factorize_unit', 'lock_output', 'unlock_output', 'job_fingerprint',
-           'complete_parts', 'prepare_output', 'write_part', 'finish_output', 'torchrun_world', 'parse_size',
-           'decompose_checkpoint']
+__all__ = ['MAX_HEADER', 'LOCK_FILE', 'INCOMPLETE_MARKER', 'SafetensorsFile', 'sync', 'replace_synced', 'write_safetensors',
+           'checkpoint_files', 'streamable', 'Unit', 'plan', 'balance', 'factorize_unit', 'lock_output',
+           'unlock_output', 'job_fingerprint', 'complete_parts', 'prepare_output', 'write_part', 'finish_output',
+           'torchrun_world', 'parse_size', 'return_freed_memory', 'decompose_checkpoint']
 
 # %% ../../nbs/misc/outofcore.ipynb #74b8e576
 _DTYPES = {'F64': torch.float64, 'F32': torch.float32, 'F16': torch.float16, 'BF16': torch.bfloat16,
@@ -56,7 +58,7 @@ def _check_entries(path:Path, entries:dict, metadata, data_size:int):
     if end < data_size: raise ValueError(f"{path.name} holds {data_size - end} bytes after its last tensor: it is not a safetensors file")
 
 class SafetensorsFile:
-    "The header of a safetensors file, and its tensors read one at a time with plain reads"
+    "The checked header of a safetensors file, and its tensors read one at a time by the safetensors library"
     def __init__(self, path:Path):
         self.path = Path(path)
         try:
@@ -77,39 +79,37 @@ class SafetensorsFile:
     def shape(self, name:str) -> tuple: return tuple(self.entries[name]['shape'])
 
     def read(self, name:str) -> torch.Tensor:
-        "Tensor `name`, read into fresh memory: mapped pages would count in the resident memory until the file is closed"
-        entry = self.entries[name]
-        dtype = _DTYPES[entry['dtype']]  # known: the header was checked when the file was opened
-        begin, end = entry['data_offsets']
-        data = torch.empty(end - begin, dtype=torch.uint8)
-        with open(self.path, 'rb') as f:
-            f.seek(self.start + begin)
-            view, done = memoryview(data.numpy()), 0
-            while done < len(view):
-                got = f.readinto(view[done:])
-                if not got: raise ValueError(f"'{name}' is cut short in {self.path.name}: the file is truncated")
-                done += got
-        return data.view(dtype).reshape(entry['shape'])
+        "Tensor `name` in fresh memory, the file opened for it alone: no mapped page outlives the read"
+        try:
+            with safe_open(self.path, 'pt') as f: return f.get_tensor(name)
+        except (SafetensorError, OSError) as e: raise ValueError(f"'{name}' cannot be read from {self.path.name}: {e}") from None
 
 # %% ../../nbs/misc/outofcore.ipynb #eccf6c5b
-def write_safetensors(tensors:dict,       # Name -> tensor, written in this order
+def sync(path:Path):
+    "Flush `path` (a file or a directory) to the disk"
+    fd = os.open(path, os.O_RDONLY)
+    try: os.fsync(fd)
+    finally: os.close(fd)
+
+def replace_synced(partial:Path, path:Path) -> Path:
+    "Rename the complete file `partial` to `path`, flushed to the disk before, and its directory after"
+    sync(partial)
+    os.replace(partial, path)
+    sync(path.parent)
+    return path
+
+def write_safetensors(tensors:dict,       # Name -> tensor
                       path:Path,          # The file written (through a temporary file, renamed when complete)
                       metadata:dict|None=None, # Strings stored in the header
                      ) -> Path:
-    "Write `tensors` to `path` in the safetensors format, without a second copy in memory; `path` appears only when complete"
-    header, offset = {'__metadata__': {'format': 'pt', **(metadata or {})}}, 0
+    "Write `tensors` to `path` with the safetensors library; `path` appears only when complete and on the disk"
     for name, t in tensors.items():
         if t.dtype not in _CODES: raise TypeError(f"'{name}' has dtype {t.dtype}, which safetensors cannot store")
-        header[name] = {'dtype': _CODES[t.dtype], 'shape': list(t.shape), 'data_offsets': [offset, offset + t.nbytes]}
-        offset += t.nbytes
-    text = json.dumps(header, separators=(',', ':')).encode()
-    text += b' ' * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
     partial = path.with_name(path.name + '.partial')
-    with open(partial, 'wb') as f:
-        f.write(len(text).to_bytes(8, 'little') + text)
-        for t in tensors.values(): f.write(memoryview(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()))
-    os.replace(partial, path)
-    return path
+    try: save_file({k: t.detach().cpu().contiguous() for k, t in tensors.items()}, partial, {'format': 'pt', **(metadata or {})})
+    except SafetensorError as e:  # the library removes its own temporary file
+        raise OSError(errno.ENOSPC if 'os error 28' in str(e) else errno.EIO, f'{path.name}: {e}') from None
+    return replace_synced(partial, path)
 
 # %% ../../nbs/misc/outofcore.ipynb #d3eb2eca
 _INDEX = 'model.safetensors.index.json'
@@ -288,8 +288,9 @@ def prepare_output(out:Path, job:str, overwrite:bool):
     for done in (out/_INDEX, out/'model.safetensors'): done.unlink(missing_ok=True)  # first: a partial OUT never looks complete
     marker.write_text(job)
     keep = {path for path, _ in complete_parts(out, job).values()}
-    for path in [*out.glob('model*.safetensors'), *out.glob('*.partial')]:
-        if path not in keep: path.unlink()
+    # .partial: ours; .tmp*: the temporary file safetensors writes before renaming it, left by a kill
+    for path in [*out.glob('model*.safetensors'), *out.glob('*.partial'), *out.glob('.tmp*')]:
+        if path not in keep and path.is_file(): path.unlink()
 
 # %% ../../nbs/misc/outofcore.ipynb #822bd782
 def _size(tensors:dict) -> int: return sum(t.nbytes for t in tensors.values())
@@ -299,10 +300,10 @@ def write_part(out:Path, tensors:dict, meta:dict) -> Path:
     path = out/_PART.format(rank=int(meta['fasterai_fc_part'].split('/')[0]), index=int(meta['fasterai_fc_part'].split('/')[1]))
     try: return write_safetensors(tensors, path, meta)
     except OSError as e:
-        path.with_name(path.name + '.partial').unlink(missing_ok=True)
         if e.errno == errno.ENOSPC:
             raise OSError(errno.ENOSPC, f"No space left on device in {out} while writing {path.name} ('{next(iter(tensors))}' and "
-                                        f"{len(tensors) - 1} more tensors, {_size(tensors) / 2**20:.0f} MB)") from None
+                                        f"{len(tensors) - 1} more tensors): it needs {_size(tensors) / 2**20:.1f} MB, "
+                                        f"{shutil.disk_usage(out).free / 2**20:.1f} MB are free") from None
         raise
 
 def _work(units:list, mine:list, rank:int, done:dict, out:Path, job:str, max_bytes:int, factorize) -> None:
@@ -336,7 +337,7 @@ def _copy_side_files(source:Path, out:Path, record:dict):
     config = json.loads((source/'config.json').read_text())
     config[RECORD_KEY] = record
     (out/'config.json.partial').write_text(json.dumps(config, indent=2, sort_keys=True) + '\n')
-    os.replace(out/'config.json.partial', out/'config.json')
+    replace_synced(out/'config.json.partial', out/'config.json')
 
 def finish_output(source:Path, out:Path, job:str, n_units:int, dense:list, targets:list) -> DecompositionReport:
     "Name the parts as save_pretrained does, write config.json, then the index last, atomically; the report of the whole job"
@@ -355,10 +356,11 @@ def finish_output(source:Path, out:Path, job:str, n_units:int, dense:list, targe
         weight_map.update(dict.fromkeys(f.entries, final.name))
         total += sum(e['data_offsets'][1] - e['data_offsets'][0] for e in f.entries.values())
         if path != final: os.replace(path, final)
+    sync(out)  # the parts' new names are on the disk before the index that names them
     if n > 1:
         index = {'metadata': {'total_size': total}, 'weight_map': dict(sorted(weight_map.items()))}
         (out/(_INDEX + '.partial')).write_text(json.dumps(index, indent=2) + '\n')
-        os.replace(out/(_INDEX + '.partial'), out/_INDEX)
+        replace_synced(out/(_INDEX + '.partial'), out/_INDEX)
     (out/INCOMPLETE_MARKER).unlink()
     unlock_output(out)
     return report
@@ -387,6 +389,13 @@ def parse_size(size:int|str|None) -> int:
     from transformers.utils.hub import convert_file_size_to_int  # as save_pretrained reads it
     return convert_file_size_to_int(size)
 
+def return_freed_memory():
+    "Have glibc give the memory of freed tensors back to the system: a fixed mmap threshold of 128 KB (no-op elsewhere)"
+    # glibc raises its mmap threshold each time a large block is freed, up to 32 MB: then the layers and shards, read and
+    # written one after the other, land on the heap, which does not shrink, and the resident memory grows
+    try: ctypes.CDLL('libc.so.6').mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD, which also stops the adjustment
+    except (OSError, AttributeError): pass
+
 # %% ../../nbs/misc/outofcore.ipynb #844ddb6e
 def decompose_checkpoint(source:str|Path,   # A save_pretrained directory of safetensors weights, single or sharded
                          out:str|Path,      # Where the factorized model is written, a save_pretrained directory too
@@ -409,6 +418,7 @@ def decompose_checkpoint(source:str|Path,   # A save_pretrained directory of saf
     if svd_method not in SVD_METHODS: raise ValueError(f"svd_method must be one of {SVD_METHODS}, got {svd_method!r}")
     if out.resolve() == source.resolve(): raise ValueError(f"out {out} is the source directory: write the result elsewhere")
     files, skeleton = checkpoint_files(source), meta_model(source)
+    return_freed_memory()  # else the heap keeps the freed layers and shards: 30 MB more at the peak, measured
     if RECORD_KEY in json.loads((source/'config.json').read_text()):
         raise ValueError(f"{source} is already factorized (its config.json records ranks): decompose the dense original")
     units, dense = plan(skeleton, files, layers, exclude)

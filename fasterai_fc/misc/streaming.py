@@ -4,7 +4,7 @@
 
 # %% ../../nbs/misc/streaming.ipynb #123b04ac
 from __future__ import annotations
-import copy, ctypes, json
+import copy, json
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -17,13 +17,13 @@ from .calibration import evaluating, feed, token_mask
 from .layers import select_targets, swap_in
 from .blockwise import decompose_blocks
 from .fc_decomposer import DecomposeOptions
-from .outofcore import SafetensorsFile, balance, checkpoint_files, torchrun_world
+from .outofcore import SafetensorsFile, balance, checkpoint_files, return_freed_memory, torchrun_world
 from .recovery import main_output
 from .report import DecompositionReport
 from .serialization import RECORD_KEY, meta_model, restore_low_rank
 
 # %% auto #0
-__all__ = ['CheckpointModel', 'TorchComm', 'torchrun_comm', 'return_freed_memory', 'decompose_calibrated', 'OffloadedModel']
+__all__ = ['CheckpointModel', 'TorchComm', 'torchrun_comm', 'decompose_calibrated', 'OffloadedModel']
 
 # %% ../../nbs/misc/streaming.ipynb #43707dbd
 def _checkpoint_keys(model:nn.Module, held) -> dict:
@@ -59,7 +59,10 @@ class CheckpointModel:
         "Tensor `name` of the model (any of its names), read from the checkpoint"
         key = self.keys.get(name)
         if key is None: raise ValueError(f"'{name}' is not in the checkpoint {self.source} (the model built from config.json has it)")
-        return self.files[key].read(key)
+        t = self.files[key].read(key)
+        if t.is_floating_point() and not torch.isfinite(t).all():  # it would spread through every activation that follows
+            raise ValueError(f"'{key}' in {self.files[key].path.name} has non-finite values (nan or inf): the model cannot be calibrated on it")
+        return t
 
 # %% ../../nbs/misc/streaming.ipynb #d30da7c2
 def _slots(module:nn.Module, prefix:str, recurse:bool=True):
@@ -279,14 +282,6 @@ def _with_notes(report:DecompositionReport, opts, world:int) -> DecompositionRep
     over = f' over {world} ranks' if world > 1 else ''
     batches = 'batch' if len(opts.batches) == 1 else 'batches'
     return DecompositionReport(list(report), [f'calibration: {len(opts.batches)} {batches}{over}, {span} input rows per layer', *opts.notes])
-
-# %% ../../nbs/misc/streaming.ipynb #0f39a265
-def return_freed_memory():
-    "Have glibc give the memory of freed tensors back to the system: a fixed mmap threshold of 128 KB (no-op elsewhere)"
-    # glibc raises its mmap threshold each time a large block is freed, up to 32 MB: then the blocks' weights, read one
-    # after the other, land on the heap, which does not shrink, and the resident memory grows with the depth
-    try: ctypes.CDLL('libc.so.6').mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD, which also stops the adjustment
-    except (OSError, AttributeError): pass
 
 # %% ../../nbs/misc/streaming.ipynb #52a9a248
 def decompose_calibrated(source:str|Path, # A save_pretrained directory of safetensors weights, single or sharded
