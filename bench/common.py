@@ -1,6 +1,8 @@
 "Helpers shared by the benchmark scripts: threads, machine info, timing, tables"
 import json, os, platform, statistics, subprocess, sys, time
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 def add_common_args(parser):
     "Add `--quick` and `--threads` to an argparse parser; returns it"
@@ -86,3 +88,22 @@ def write_shards(directory, state:dict, make, shard_mb:int) -> int:
         total += sum(t.nbytes for t in tensors.values())
     (directory/'model.safetensors.index.json').write_text(json.dumps({'metadata': {'total_size': total}, 'weight_map': weight_map}))
     return total
+
+def tokenized(tokenizer, sentences:list, batch_size:int=32) -> list:
+    "`sentences` tokenized in padded batches of `batch_size`, as dicts of keyword arguments of a BERT model"
+    return [dict(tokenizer(sentences[i:i + batch_size], padding=True, truncation=True, max_length=128, return_tensors='pt'))
+            for i in range(0, len(sentences), batch_size)]
+
+@torch.inference_mode()
+def embeddings(model:nn.Module, batches:list) -> torch.Tensor:
+    "Mean-pooled (over the attention mask), L2-normalized last hidden states of every sentence in `batches`"
+    pooled = []
+    for batch in batches:
+        hidden, mask = model.eval()(**batch).last_hidden_state, batch['attention_mask'].unsqueeze(-1).to(torch.float32)
+        pooled.append(F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1))
+    return torch.cat(pooled)
+
+def nearest_neighbours(embedded:torch.Tensor) -> torch.Tensor:
+    "Index of each sentence's most similar other sentence (cosine)"
+    similarity = embedded @ embedded.T
+    return similarity.fill_diagonal_(-2).argmax(1)

@@ -2,10 +2,9 @@
 import argparse, copy, os, random, re, time, warnings, importlib
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from fasterai_fc.misc.fc_decomposer import FC_Decomposer, distill
 from fasterai_fc.misc.examples import trained_digits_mlp
-from common import add_common_args, print_table, start
+from common import add_common_args, embeddings, nearest_neighbours, print_table, start, tokenized
 from reference import fasterai_decompose, factorized_ranks
 
 STDLIB_MODULES = sorted(['argparse', 'asyncio', 'base64', 'bisect', 'calendar', 'collections', 'contextlib', 'copy', 'csv',
@@ -97,25 +96,6 @@ def digits(budgets:list, recovery:dict) -> tuple:
     recover = lambda student: distill(student, model, batches, n_batches=len(batches), show_progress=False, **recovery)
     print(f'digits MLP: original test accuracy {quality(model)}')
     return sweep('digits MLP', model, budgets, batches, recover, quality)
-
-def tokenized(tokenizer, sentences:list, batch_size:int=32) -> list:
-    "`sentences` tokenized in padded batches of `batch_size`, as dicts of keyword arguments of a BERT model"
-    return [dict(tokenizer(sentences[i:i + batch_size], padding=True, truncation=True, max_length=128, return_tensors='pt'))
-            for i in range(0, len(sentences), batch_size)]
-
-@torch.inference_mode()
-def embeddings(model:nn.Module, batches:list) -> torch.Tensor:
-    "Mean-pooled (over the attention mask), L2-normalized last hidden states of every sentence in `batches`"
-    pooled = []
-    for batch in batches:
-        hidden, mask = model.eval()(**batch).last_hidden_state, batch['attention_mask'].unsqueeze(-1).to(torch.float32)
-        pooled.append(F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1))
-    return torch.cat(pooled)
-
-def nearest_neighbours(embedded:torch.Tensor) -> torch.Tensor:
-    "Index of each sentence's most similar other sentence (cosine)"
-    similarity = embedded @ embedded.T
-    return similarity.fill_diagonal_(-2).argmax(1)
 
 def minilm(budgets:list, n_calibration:int, n_held_out:int, recovery:dict) -> tuple:
     "MiniLM's encoder: mean cosine of held-out embeddings to the original's / nearest-neighbour agreement"

@@ -4,6 +4,7 @@
 
 # %% ../../nbs/misc/lowrank.ipynb #93f7c28d
 from __future__ import annotations
+import logging
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -11,14 +12,18 @@ from torch.nn.modules import module as _torch_module
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['LINEAR_LIKE', 'work_dtype', 'register_linear_like', 'linear_kind', 'is_linear_like', 'layer_tensor', 'features',
-           'dense_weight', 'work_weight', 'has_hooks', 'LowRankLinear', 'hook_like', 'dense_like',
-           'low_rank_from_factors']
+__all__ = ['LINEAR_LIKE', 'work_dtype', 'plain_tensor', 'register_linear_like', 'linear_kind', 'is_linear_like', 'layer_tensor',
+           'features', 'dense_weight', 'work_weight', 'has_hooks', 'LowRankLinear', 'hook_like', 'dense_like',
+           'low_rank_from_factors', 'quiet_torchao']
 
 # %% ../../nbs/misc/lowrank.ipynb #c8019512
 def work_dtype(dtype:torch.dtype) -> torch.dtype:
     "Dtype for linear algebra on weights of `dtype`: float64 stays, anything else runs in float32"
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+def plain_tensor(t:torch.Tensor) -> torch.Tensor:
+    "`t` itself, or the float tensor that a quantized tensor subclass (torchao's `Int8Tensor`) stands for"
+    return t.dequantize() if type(t) not in (torch.Tensor, nn.Parameter) and hasattr(t, '__tensor_flatten__') else t
 
 # %% ../../nbs/misc/lowrank.ipynb #748532e1
 LINEAR_LIKE = {nn.Linear: False, 'transformers.pytorch_utils.Conv1D': True}  # type or dotted name -> weight stored in x out
@@ -106,7 +111,7 @@ class LowRankLinear(nn.Sequential):
     # the product of the factors, differentiable, so they stay correct (if dense-speed). TorchScript skips these.
     __jit_unused_properties__ = ['weight', 'bias']
     @property
-    def weight(self) -> torch.Tensor: return self[1].weight @ self[0].weight
+    def weight(self) -> torch.Tensor: return plain_tensor(self[1].weight) @ plain_tensor(self[0].weight)
     @property
     def bias(self) -> torch.Tensor|None: return self[1].bias
 
@@ -166,12 +171,25 @@ def low_rank_from_factors(layer:nn.Module,    # The dense (Linear-like) layer re
 @patch
 def to_linear(self:LowRankLinear) -> nn.Linear:
     "Multiply the two factors back into one dense `nn.Linear`"
-    first, second = self[0].weight, self[1].weight
+    first, second = plain_tensor(self[0].weight), plain_tensor(self[1].weight)
     dense = dense_like(self.in_features, self.out_features, self[1].bias is not None, first)
     with torch.no_grad():
         work = work_dtype(first.dtype)
         dense.weight.copy_(second.to(work) @ first.to(work))
         if dense.bias is not None: dense.bias.copy_(self[1].bias)
-    dense.weight.requires_grad_(first.requires_grad)
+    dense.weight.requires_grad_(self[0].weight.requires_grad)
     if dense.bias is not None: dense.bias.requires_grad_(self[1].bias.requires_grad)
     return dense.train(self.training)
+
+# %% ../../nbs/misc/lowrank.ipynb #bf424c10
+class _DropMessages:
+    "A logging filter that drops the records whose message contains any of `parts`"
+    def __init__(self, *parts): self.parts = parts
+    def filter(self, record): return not any(p in str(record.msg) for p in self.parts)
+
+def quiet_torchao():
+    "Drop torchao's warnings about CUDA kernels a CPU build cannot load, and torch's deprecation note on torchao's enums"
+    logging.getLogger('torchao').addFilter(_DropMessages('Failed to load'))
+    logging.getLogger('torch.utils._pytree').addFilter(_DropMessages('is an Enum subclass and is now natively supported'))
+
+quiet_torchao()

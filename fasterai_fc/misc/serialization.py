@@ -11,12 +11,13 @@ import torch
 import torch.nn as nn
 from .lowrank import LowRankLinear, features, linear_kind, low_rank_from_factors
 from .layers import swap_in, undo_swaps
+from .quantize import flatten_quantized, is_quantized, quantized_parts, unflatten_quantized
 from .remote import write_remote_code
 
 # %% auto #0
-__all__ = ['WEIGHT_FILES', 'RECORD_KEY', 'RECORD_VERSION', 'is_safetensors', 'save_state_dict', 'Checkpoint', 'open_checkpoint',
-           'read_state_dict', 'restore_low_rank', 'low_rank_record', 'save_low_rank', 'meta_model', 'load_low_rank',
-           'merge_low_rank']
+__all__ = ['QUANTIZED_KEY', 'WEIGHT_FILES', 'RECORD_KEY', 'RECORD_VERSION', 'QUANTIZED_RECORD_VERSION', 'is_safetensors',
+           'unique_state', 'save_state_dict', 'Checkpoint', 'open_checkpoint', 'read_state_dict', 'restore_low_rank',
+           'low_rank_record', 'save_low_rank', 'meta_model', 'load_low_rank', 'merge_low_rank']
 
 # %% ../../nbs/misc/serialization.ipynb #ecd628cb
 def _safetensors():
@@ -32,12 +33,30 @@ def is_safetensors(path:Path) -> bool:
     return len(head) == 9 and head[8:9] == b'{'
 
 # %% ../../nbs/misc/serialization.ipynb #93062b43
+QUANTIZED_KEY = 'fasterai_fc.quantized' # safetensors metadata: the description of each quantized tensor, by name
+
+def unique_state(model:nn.Module) -> dict:
+    "`model`'s state dict, detached, with each tensor under its first name only (a tied weight once)"
+    state, seen = {}, set()
+    for name, t in model.state_dict(keep_vars=True).items():
+        if id(t) in seen: continue
+        seen.add(id(t))
+        state[name] = t.detach() if isinstance(t, torch.Tensor) else t
+    return state
+
 def save_state_dict(model:nn.Module, # Model whose weights are written
                     path:str|Path,   # Destination: `.safetensors` for safetensors, anything else for `torch.save`
                    ) -> Path:
     "Write the `state_dict` of `model` to `path`, as safetensors if its suffix is `.safetensors`"
     path = Path(path)
-    if path.suffix == '.safetensors': _safetensors().torch.save_model(model, str(path))
+    state = unique_state(model)
+    if any(is_quantized(t) for t in state.values()):
+        if path.suffix != '.safetensors':
+            raise ValueError(f"A quantized model is saved as safetensors (a path ending in .safetensors), not as {path.name}: "
+                             "torch.save would pickle torchao's classes, which the safe loader refuses")
+        tensors, descriptions = flatten_quantized(state)
+        _safetensors().torch.save_file(tensors, str(path), metadata={QUANTIZED_KEY: json.dumps(descriptions)})
+    elif path.suffix == '.safetensors': _safetensors().torch.save_model(model, str(path))
     else: torch.save(model.state_dict(), path)
     return path
 
@@ -69,6 +88,7 @@ class _Tensors:
                 try: self.handle = _safetensors().safe_open(str(source), framework='pt', device='cpu')
                 except Exception as e: raise ValueError(f"{source} is not a readable safetensors file ({type(e).__name__})") from None
         self.names = set(self.handle.keys() if self.handle else self.state.keys())
+        self.metadata = (self.handle.metadata() or {}) if self.handle else {}
 
     def _check(self, name):
         if name not in self.names: raise ValueError(f"'{name}' is not in {self.source}, where the shard index puts it")
@@ -83,19 +103,27 @@ class _Tensors:
 class Checkpoint(Mapping):
     "Tensors by name, from a state dict or weights files (each opened when first needed), each read only when asked for"
     def __init__(self, sources:dict,         # Name -> the `_Tensors` holding it, or the path of the file that does
-                 record:dict|None=None):     # Rank of each factorized layer by name, as config.json records them
-        self.sources, self.record, self._opened = sources, record, {}
+                 record:dict|None=None,      # Rank of each factorized layer by name, as config.json records them
+                 quantized:dict|None=None):  # Description of each quantized tensor by name; `sources` holds its plain parts
+        self.sources, self.record, self.quantized, self._opened = sources, record, quantized or {}, {}
+        self._parts = {name: quantized_parts(name, sources) for name in self.quantized}
+        hidden = {part for parts in self._parts.values() for part in parts}
+        self._names = [n for n in sources if n not in hidden] + [n for n in self.quantized if n not in sources]
+        self._known = set(self._names)
 
     def _tensors(self, name) -> _Tensors:
         source = self.sources[name]
         if not isinstance(source, Path): return source
         if source not in self._opened: self._opened[source] = _Tensors(source)
         return self._opened[source]
-    def __getitem__(self, name) -> torch.Tensor: return self._tensors(name)[name]
-    def shape(self, name) -> tuple: return self._tensors(name).shape(name)
-    def __iter__(self): return iter(self.sources)
-    def __len__(self): return len(self.sources)
-    def __contains__(self, name): return name in self.sources
+    def __getitem__(self, name) -> torch.Tensor:
+        if name not in self.quantized: return self._tensors(name)[name]
+        parts = {part: self._tensors(part)[part] for part in self._parts[name]}
+        return unflatten_quantized(parts, {name: self.quantized[name]})[name]
+    def shape(self, name) -> tuple: return tuple(self[name].shape) if name in self.quantized else self._tensors(name).shape(name)
+    def __iter__(self): return iter(self._names)
+    def __len__(self): return len(self._names)
+    def __contains__(self, name): return name in self._known
 
 # %% ../../nbs/misc/serialization.ipynb #af35b970
 WEIGHT_FILES = ('model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin', 'pytorch_model.bin.index.json')
@@ -124,35 +152,45 @@ def _refuse_lone_shard(path:Path):
     if index: raise ValueError(f"{path.name} is one shard of the checkpoint indexed by {index[0].name}: pass its directory or the index")
 
 # %% ../../nbs/misc/serialization.ipynb #3f6481e1
-RECORD_KEY, RECORD_VERSION = 'fasterai_fc', 1
+RECORD_KEY, RECORD_VERSION, QUANTIZED_RECORD_VERSION = 'fasterai_fc', 1, 2 # version 2: the record describes quantized tensors
 
-def _read_record(directory:Path) -> dict|None:
-    "The rank of each factorized layer, by name, as `directory`/config.json records them; None if it records none"
+def _read_record(directory:Path) -> tuple:
+    "`(ranks, quantized)` as `directory`/config.json records them: the rank of each factorized layer by name (None if it records none), the description of each quantized tensor"
     config = directory/'config.json'
-    if not config.is_file(): return None
+    if not config.is_file(): return None, {}
     try: entry = json.loads(config.read_text()).get(RECORD_KEY)
     except (ValueError, AttributeError): raise ValueError(f"{config} is not a JSON object") from None
-    if entry is None: return None
+    if entry is None: return None, {}
     if not isinstance(entry, dict) or not isinstance(entry.get('low_rank'), dict):
         raise ValueError(f"{config}: '{RECORD_KEY}' has no 'low_rank' mapping of layer names to ranks")
-    if entry.get('version', RECORD_VERSION) > RECORD_VERSION:
+    if entry.get('version', RECORD_VERSION) > QUANTIZED_RECORD_VERSION:
         raise ValueError(f"{config} was written by a newer fasterai_fc (record version {entry['version']}): upgrade fasterai_fc")
-    return entry['low_rank']
+    quantized = entry.get('quantized', {})
+    if not isinstance(quantized, dict) or not all(isinstance(v, str) for v in quantized.values()):
+        raise ValueError(f"{config}: '{RECORD_KEY}' has a 'quantized' entry that is not a mapping of tensor names to descriptions")
+    return entry['low_rank'], quantized
 
 # %% ../../nbs/misc/serialization.ipynb #34d7254c
+def _file_quantized(tensors:_Tensors) -> dict:
+    "The description of each quantized tensor of a safetensors file, from its metadata"
+    try: quantized = json.loads(tensors.metadata.get(QUANTIZED_KEY, '{}'))
+    except ValueError: raise ValueError(f"{tensors.source}: the '{QUANTIZED_KEY}' metadata is not JSON") from None
+    if not isinstance(quantized, dict): raise ValueError(f"{tensors.source}: the '{QUANTIZED_KEY}' metadata is not a mapping")
+    return quantized
+
 def open_checkpoint(source:Mapping|str|Path, # A state dict, a weights file, a shard index, or a `save_pretrained` directory
                    ) -> Checkpoint:
     "The tensors of `source` by name, each read from disk only when asked for"
     if isinstance(source, Checkpoint): return source
     if isinstance(source, Mapping): return Checkpoint(dict.fromkeys(source, _Tensors(source)))
     if not isinstance(source, (str, os.PathLike)): raise TypeError(f"Expected a state dict, a file or a directory, got {type(source).__name__}")
-    path, record = Path(source), None
+    path, record, quantized = Path(source), None, {}
     if not path.exists(): raise FileNotFoundError(f"No such file or directory: {path}")
-    if path.is_dir(): path, record = _weights_file(path), _read_record(path)
-    if path.name.endswith('.index.json'): return Checkpoint(_shard_map(path), _read_record(path.parent))
+    if path.is_dir(): path, (record, quantized) = _weights_file(path), _read_record(path)
+    if path.name.endswith('.index.json'): return Checkpoint(_shard_map(path), *_read_record(path.parent))
     _refuse_lone_shard(path)
     tensors = _Tensors(path)
-    return Checkpoint(dict.fromkeys(tensors.names, tensors), record)
+    return Checkpoint(dict.fromkeys(tensors.names, tensors), record, quantized or _file_quantized(tensors))
 
 # %% ../../nbs/misc/serialization.ipynb #ad493e72
 def read_state_dict(source:str|Path, # A weights file (torch.save or safetensors), a shard index or a `save_pretrained` directory
@@ -237,8 +275,18 @@ def _loads_itself(module:nn.Module) -> bool:
     return bool(module._load_state_dict_pre_hooks or module._load_state_dict_post_hooks
                 or cls._load_from_state_dict is not nn.Module._load_from_state_dict or cls.set_extra_state is not nn.Module.set_extra_state)
 
+def _put_quantized(model:nn.Module, names:list, t:torch.Tensor):
+    "Make the quantized `t` the parameter of `model` at each of `names`, on the device of the tensor it replaces"
+    t = nn.Parameter(t.to(model.get_parameter(names[0]).device), requires_grad=False)
+    for name in names:
+        owner, _, leaf = name.rpartition('.')
+        setattr(model.get_submodule(owner), leaf, t)
+
 def _copy_in(model:nn.Module, checkpoint:Checkpoint, found:list):
-    "Copy the tensors `found` from `checkpoint` into `model`, one at a time (all at once if a module loads itself)"
+    "Copy the tensors `found` from `checkpoint` into `model`, one at a time (all at once if a module loads itself); quantized ones replace theirs"
+    for names, key in found:
+        if key in checkpoint.quantized: _put_quantized(model, names, checkpoint[key])
+    found = [(names, key) for names, key in found if key not in checkpoint.quantized]
     if any(_loads_itself(m) for m in model.modules()):
         model.load_state_dict({name: checkpoint[key] for names, key in found for name in names}, strict=False)
         return
@@ -337,10 +385,16 @@ def save_low_rank(model:nn.Module,    # A transformers model with factorized lay
                   remote_code:bool=False, # Also write a modeling file and `auto_map`, for `from_pretrained(..., trust_remote_code=True)`
                   **kwargs,           # Passed to `save_pretrained`: `max_shard_size`, `push_to_hub`, ...
                  ) -> Path:
-    "`model.save_pretrained(directory, **kwargs)`, with the rank of each factorized layer recorded in config.json"
+    "`model.save_pretrained(directory, **kwargs)`, with the rank of each factorized layer (and the quantized tensors) recorded in config.json"
     if not (hasattr(model, 'save_pretrained') and hasattr(model, 'config')):
         raise TypeError(f"save_low_rank saves transformers models; save a {type(model).__name__} with save_state_dict")
-    record = low_rank_record(model)
+    record, state = low_rank_record(model), unique_state(model)
+    if any(is_quantized(t) for t in state.values()):
+        if remote_code: raise ValueError("remote_code=True does not carry quantization (the modeling file builds float factors): "
+                                         "save without it, and load with load_low_rank")
+        tensors, descriptions = flatten_quantized(state)
+        record.update(quantized=descriptions, version=QUANTIZED_RECORD_VERSION)
+        kwargs = {**kwargs, 'state_dict': tensors} # plain tensors: safetensors stores no tensor subclass
     extra = {RECORD_KEY: record, **({'auto_map': write_remote_code(model, record['low_rank'], directory)} if remote_code else {})}
     # on the config while it is saved, so that transformers writes it (and uploads it, with push_to_hub)
     for key, value in extra.items(): setattr(model.config, key, value)
