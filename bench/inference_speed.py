@@ -67,6 +67,18 @@ def llama(layers:int):
                          num_key_value_heads=16, vocab_size=1000, max_position_embeddings=256)
     return LlamaModel(config).eval()
 
+LINEAR_OPS = ('aten::addmm', 'aten::mm', 'aten::bmm') # where F.linear's products land; attention's own products are in SDPA
+
+def linear_share(model:nn.Module, inputs:dict, repeats:int=3) -> float:
+    "Fraction of `model`'s CPU time (torch.profiler, self time) spent in matrix products, which the factorization shrinks"
+    from torch.profiler import profile
+    with torch.inference_mode():
+        model(**inputs)
+        with profile() as prof:
+            for _ in range(repeats): model(**inputs)
+    events = prof.key_averages()
+    return sum(e.self_cpu_time_total for e in events if e.key in LINEAR_OPS) / sum(e.self_cpu_time_total for e in events)
+
 def end_to_end(name:str, model:nn.Module, batches:dict, budgets:list, threads_list:list, blocks:int, seconds:float) -> list:
     "Rows: the model's encoder/decoder Linear layers factorized at each `param_ratio`, timed beside the dense model"
     layers = 'encoder.*' if name == 'MiniLM' else 'layers.*'
@@ -80,10 +92,14 @@ def end_to_end(name:str, model:nn.Module, batches:dict, budgets:list, threads_li
             with torch.inference_mode():
                 fns = {k: (lambda m=m: m(**inputs)) for k, m in variants.items()}
                 times = block_medians(fns, blocks, inner_for(fns['dense'], seconds / blocks / (len(fns) + 1)))
+            share = linear_share(model, inputs)
             for b in budgets:
+                # Amdahl: only the products shrink, to the FLOP ratio at best; the rest of the time stays
+                bound = 1 / (share * flops[b] + 1 - share)
                 rows.append(dict(model=name, threads=threads, batch=batch_label, param_ratio=b, flop_ratio=flops[b],
-                                 dense_ms=times['dense'] * 1e3, factorized_ms=times[b] * 1e3,
-                                 speedup=times['dense'] / times[b], of_ideal=times['dense'] / times[b] * flops[b]))
+                                 dense_ms=times['dense'] * 1e3, factorized_ms=times[b] * 1e3, linear_share=share, bound=bound,
+                                 speedup=times['dense'] / times[b], of_ideal=times['dense'] / times[b] * flops[b],
+                                 of_bound=times['dense'] / times[b] / bound))
     return rows
 
 def pct(x): return f'{x:.0%}'
@@ -129,9 +145,13 @@ def main():
         rows = (end_to_end('MiniLM', encoder, minilm_inputs, budgets, threads_list, blocks, 5 * seconds)
                 + end_to_end('LLaMA-style', decoder, llama_inputs, budgets, threads_list, blocks, 5 * seconds))
         out['models'] = rows
-        print_table(['model', 'threads', 'batch', 'param_ratio', 'FLOP ratio', 'dense ms', 'factorized ms', 'speedup', 'of ideal'],
+        print('products share: the dense model\'s self CPU time in aten::addmm/mm/bmm (torch.profiler); bound: Amdahl\'s,')
+        print('1 / (share x FLOP ratio + 1 - share), the speedup if the products shrank exactly to the FLOP ratio.\n')
+        print_table(['model', 'threads', 'batch', 'param_ratio', 'FLOP ratio', 'dense ms', 'factorized ms', 'speedup', 'of ideal',
+                     'products share', 'bound', 'of bound'],
                     [[r['model'], r['threads'], r['batch'], r['param_ratio'], f'{r["flop_ratio"]:.3f}', f'{r["dense_ms"]:.2f}',
-                      f'{r["factorized_ms"]:.2f}', f'{r["speedup"]:.2f}x', pct(r['of_ideal'])] for r in rows])
+                      f'{r["factorized_ms"]:.2f}', f'{r["speedup"]:.2f}x', pct(r['of_ideal']), pct(r['linear_share']),
+                      f'{r["bound"]:.2f}x', pct(r['of_bound'])] for r in rows])
     out['load_after'] = os.getloadavg()
     print(f'load average at the end: {", ".join(f"{x:.2f}" for x in out["load_after"])}')
     if args.json:
