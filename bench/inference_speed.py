@@ -79,24 +79,27 @@ def linear_share(model:nn.Module, inputs:dict, repeats:int=3) -> float:
     events = prof.key_averages()
     return sum(e.self_cpu_time_total for e in events if e.key in LINEAR_OPS) / sum(e.self_cpu_time_total for e in events)
 
-def end_to_end(name:str, model:nn.Module, batches:dict, budgets:list, threads_list:list, blocks:int, seconds:float) -> list:
-    "Rows: the model's encoder/decoder Linear layers factorized at each `param_ratio`, timed beside the dense model"
+def end_to_end(name:str, model:nn.Module, batches:dict, budgets:list, threads_list:list, blocks:int, seconds:float,
+               compiled:bool=False) -> list:
+    "Rows: the model's encoder/decoder Linear layers factorized at each `param_ratio`, timed beside the dense model (all compiled, or none)"
     layers = 'encoder.*' if name == 'MiniLM' else 'layers.*'
     variants = {'dense': model, **{b: FC_Decomposer().decompose(model, param_ratio=b, layers=layers, svd_method='exact').eval()
                                    for b in budgets}}
     flops = {k: count_flops(m) / count_flops(model) for k, m in variants.items()}
+    if compiled: variants = {k: torch.compile(m) for k, m in variants.items()} # Inductor, each model alike
     rows = []
     for threads in threads_list:
         torch.set_num_threads(threads)
         for batch_label, inputs in batches.items():
             with torch.inference_mode():
                 fns = {k: (lambda m=m: m(**inputs)) for k, m in variants.items()}
+                for fn in fns.values(): fn() # a compiled model compiles on its first call (and per batch shape)
                 times = block_medians(fns, blocks, inner_for(fns['dense'], seconds / blocks / (len(fns) + 1)))
-            share = linear_share(model, inputs)
+            share = linear_share(model, inputs) # of the eager dense model: the bound is Amdahl's for eager code
             for b in budgets:
                 # Amdahl: only the products shrink, to the FLOP ratio at best; the rest of the time stays
                 bound = 1 / (share * flops[b] + 1 - share)
-                rows.append(dict(model=name, threads=threads, batch=batch_label, param_ratio=b, flop_ratio=flops[b],
+                rows.append(dict(model=name, compiled=compiled, threads=threads, batch=batch_label, param_ratio=b, flop_ratio=flops[b],
                                  dense_ms=times['dense'] * 1e3, factorized_ms=times[b] * 1e3, linear_share=share, bound=bound,
                                  speedup=times['dense'] / times[b], of_ideal=times['dense'] / times[b] * flops[b],
                                  of_bound=times['dense'] / times[b] / bound))
@@ -110,6 +113,7 @@ def main():
     parser.add_argument('--blocks', type=int, default=None, help='interleaved blocks per cell (default 7, quick 3)')
     parser.add_argument('--json', default=None, help='also write every row to this JSON file')
     parser.add_argument('--skip', choices=['layers', 'models'], default=None, help='leave one table out')
+    parser.add_argument('--compile', action='store_true', help='end to end: torch.compile every model (dense and factorized) before timing')
     args = start(parser, 'Inference latency')
     q = args.quick
     seconds, blocks = args.seconds or (0.3 if q else 2.0), args.blocks or (3 if q else 7)
@@ -142,9 +146,10 @@ def main():
         print(f'padded batches of stdlib sentences ({minilm_inputs[32]["input_ids"].shape[1]} tokens at batch 32). LLaMA-style: LlamaConfig(hidden 1024,')
         print('intermediate 2816, 16 heads, vocab 1000, random weights), its layers.* Linear layers factorized, batch x 64 tokens.')
         print('FLOP ratio: of the Linear layers (count_flops), attention products and norms not counted.\n')
-        rows = (end_to_end('MiniLM', encoder, minilm_inputs, budgets, threads_list, blocks, 5 * seconds)
-                + end_to_end('LLaMA-style', decoder, llama_inputs, budgets, threads_list, blocks, 5 * seconds))
+        rows = (end_to_end('MiniLM', encoder, minilm_inputs, budgets, threads_list, blocks, 5 * seconds, args.compile)
+                + end_to_end('LLaMA-style', decoder, llama_inputs, budgets, threads_list, blocks, 5 * seconds, args.compile))
         out['models'] = rows
+        if args.compile: print('Every model torch.compile\'d (Inductor) before timing; products share and bound: of the eager model.')
         print('products share: the dense model\'s self CPU time in aten::addmm/mm/bmm (torch.profiler); bound: Amdahl\'s,')
         print('1 / (share x FLOP ratio + 1 - share), the speedup if the products shrank exactly to the FLOP ratio.\n')
         print_table(['model', 'threads', 'batch', 'param_ratio', 'FLOP ratio', 'dense ms', 'factorized ms', 'speedup', 'of ideal',

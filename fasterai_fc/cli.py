@@ -14,6 +14,7 @@ from .misc.lowrank import is_linear_like, work_weight
 from .misc.layers import plain_linears
 from .misc.outofcore import INCOMPLETE_MARKER, decompose_checkpoint, streamable, torchrun_world
 from .misc.streaming import decompose_calibrated
+from .misc.quantize import SCHEMES, quantize
 from .misc.ranks import break_even
 from .misc.report import format_table
 from .misc.serialization import (WEIGHT_FILES, is_safetensors, load_low_rank, read_state_dict, restore_low_rank,
@@ -246,7 +247,10 @@ def _decompose(args):
     if out.resolve() == source.resolve(): raise CLIError(f"--out {out} would overwrite the input")
     _check_directory_options(args, source, out)
     rule = {name: getattr(args, name) for name in _RULES if getattr(args, name) is not None}
-    if source.is_dir() and streamable(source): return _streamed(args, rule, source, out)
+    if source.is_dir() and streamable(source):
+        if args.quantize: raise CLIError(f"--quantize needs the whole model in memory, and {source} is decomposed from disk one layer "
+                                         "at a time: decompose it, then quantize(load_low_rank(OUT)) and save_low_rank it")
+        return _streamed(args, rule, source, out)
     calibration = _calibration(args, source) # before the model: a bad data file fails fast
     model, kind = load_model(source, args.factory, args.trusted)
     if kind == 'torchscript': raise CLIError(f"{source} is TorchScript: its compiled code calls its Linear layers, which cannot be replaced; "
@@ -257,6 +261,7 @@ def _decompose(args):
                                               method=args.method, **calibration, **rule)
     print(_layers_table(report))
     for note in notes: print(f'note: {note}')
+    if args.quantize: small = quantize(small, args.quantize, layers=args.layers, exclude=args.exclude, inplace=True)
     _write(small, kind, source, out, args.max_shard_size)
 
 def _streamed(args, rule:dict, source:Path, out:Path):
@@ -341,6 +346,8 @@ def _parser() -> argparse.ArgumentParser:
     _model_args(dec)
     _rule_args(dec.add_mutually_exclusive_group(), many=False)
     dec.add_argument('-o', '--out', help='Where to write the result (default: MODEL with _fc before its suffix, or after a directory\'s name)')
+    dec.add_argument('--quantize', choices=list(SCHEMES), help='Then quantize the Linear layers of --layers/--exclude, factors included, '
+                     "with torchao (pip install torchao): 'int8' weights, or 'int8-dynamic' (int8 activations too)")
     _directory_args(dec)
     dec.epilog = ('One rank rule at most (default: --percent-removed 0.5). A pickled model is written pickled, a state dict as a '
                   'state dict, a save_pretrained directory as a directory (with its tokenizer files).')
