@@ -113,6 +113,9 @@ def main():
     parser.add_argument('--blocks', type=int, default=None, help='interleaved blocks per cell (default 7, quick 3)')
     parser.add_argument('--json', default=None, help='also write every row to this JSON file')
     parser.add_argument('--skip', choices=['layers', 'models'], default=None, help='leave one table out')
+    parser.add_argument('--cells', default=None, metavar='W:F:B,...', help='only these layer cells (width:fraction:batch, e.g. 2048:1/16:128), '
+                        'each timed --repeats times at --threads threads; nothing else runs')
+    parser.add_argument('--repeats', type=int, default=3, help='with --cells: how many times each cell is timed (default 3)')
     parser.add_argument('--compile', action='store_true', help='end to end: torch.compile every model (dense and factorized) before timing')
     args = start(parser, 'Inference latency')
     q = args.quick
@@ -125,6 +128,17 @@ def main():
     print(f'block means (about {seconds} s per layer cell). FLOP ratio = r(in+out)/(in*out); ideal speedup = 1 / FLOP ratio;')
     print('fraction of ideal = speedup x FLOP ratio. bare: torch.mm then torch.addmm on pre-transposed contiguous factors;')
     print('bare stored: the same on the stored layout (rank x in, out x rank) as F.linear passes it.\n')
+    if args.cells:
+        threads = torch.get_num_threads()
+        cells = [(int(w), Fraction(f), int(b)) for w, f, b in (c.split(':') for c in args.cells.split(','))]
+        rows = [dict(repeat=i, **layer_row(w, f, b, threads, blocks, seconds)) for i in range(args.repeats) for w, f, b in cells]
+        print_table(['repeat', 'threads', 'layer', 'batch', 'rank', 'factorized of ideal', 'bare of ideal', 'bare stored of ideal'],
+                    [[r['repeat'], r['threads'], f'{r["width"]}x{r["width"]}', r['batch'], f'{r["fraction"]} ({r["rank"]})',
+                      pct(r['factorized_of_ideal']), pct(r['bare_of_ideal']), pct(r['bare_stored_of_ideal'])] for r in rows])
+        print(f'load average at the end: {", ".join(f"{x:.2f}" for x in os.getloadavg())}')
+        if args.json:
+            with open(args.json, 'w') as f: json.dump({'cells': rows}, f, indent=1)
+        return
     out = {'load_before': os.getloadavg()}
     if args.skip != 'layers':
         rows = [layer_row(w, f, b, t, blocks, seconds) for t in threads_list for w in widths for f in fractions for b in layer_batches]
