@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
-from .lowrank import LowRankLinear, features, has_hooks, is_linear_like, layer_tensor, linear_kind
+from .lowrank import LowRankLinear, features, has_hooks, is_linear_like, is_quantized, layer_tensor, linear_kind
 
 # %% auto #0
 __all__ = ['LinearTarget', 'clean_name', 'linear_targets', 'as_patterns', 'select_targets', 'check_linear', 'tied_names',
@@ -85,6 +85,8 @@ def check_linear(name:str, layer:nn.Linear):
     if isinstance(layer, nn.modules.lazy.LazyModuleMixin) and layer.has_uninitialized_params():
         raise ValueError(f"Layer '{name}' is an uninitialized lazy layer: run one forward pass before decomposing")
     weight = layer_tensor(layer)  # an offloaded layer's weight is in its accelerate hook
+    if is_quantized(weight):
+        raise ValueError(f"Layer '{name}' is quantized ({type(weight).__name__}): decompose the float model, then quantize its factors")
     if weight.is_meta: raise ValueError(f"Layer '{name}' has its weights on the meta device: materialize them first")
     if not weight.is_floating_point(): raise ValueError(f"Layer '{name}' has {weight.dtype} weights: only floating-point layers can be decomposed")
     if not torch.isfinite(weight).all(): raise ValueError(f"Layer '{name}' has non-finite weights (nan or inf)")

@@ -12,18 +12,22 @@ from torch.nn.modules import module as _torch_module
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['LINEAR_LIKE', 'work_dtype', 'plain_tensor', 'register_linear_like', 'linear_kind', 'is_linear_like', 'layer_tensor',
-           'features', 'dense_weight', 'work_weight', 'has_hooks', 'LowRankLinear', 'hook_like', 'dense_like',
-           'low_rank_from_factors', 'quiet_torchao']
+__all__ = ['LINEAR_LIKE', 'work_dtype', 'is_quantized', 'plain_tensor', 'register_linear_like', 'linear_kind', 'is_linear_like',
+           'layer_tensor', 'features', 'dense_weight', 'work_weight', 'has_hooks', 'LowRankLinear', 'hook_like',
+           'dense_like', 'low_rank_from_factors', 'quiet_torchao']
 
 # %% ../../nbs/misc/lowrank.ipynb #c8019512
 def work_dtype(dtype:torch.dtype) -> torch.dtype:
     "Dtype for linear algebra on weights of `dtype`: float64 stays, anything else runs in float32"
     return torch.float64 if dtype == torch.float64 else torch.float32
 
+def is_quantized(t:torch.Tensor) -> bool:
+    "Whether `t` is a tensor subclass that holds other tensors, as quantized weights (torchao's `Int8Tensor`) do"
+    return isinstance(t, torch.Tensor) and type(t) not in (torch.Tensor, nn.Parameter) and hasattr(t, '__tensor_flatten__')
+
 def plain_tensor(t:torch.Tensor) -> torch.Tensor:
-    "`t` itself, or the float tensor that a quantized tensor subclass (torchao's `Int8Tensor`) stands for"
-    return t.dequantize() if type(t) not in (torch.Tensor, nn.Parameter) and hasattr(t, '__tensor_flatten__') else t
+    "`t` itself, or the float tensor that a quantized tensor subclass stands for"
+    return t.dequantize() if is_quantized(t) else t
 
 # %% ../../nbs/misc/lowrank.ipynb #748532e1
 LINEAR_LIKE = {nn.Linear: False, 'transformers.pytorch_utils.Conv1D': True}  # type or dotted name -> weight stored in x out

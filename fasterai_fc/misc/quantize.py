@@ -8,10 +8,11 @@ import copy, json
 import torch
 import torch.nn as nn
 from .layers import select_targets, tied_names
+from .lowrank import features, is_quantized
 
 # %% auto #0
-__all__ = ['SCHEMES', 'torchao_config', 'is_quantized', 'tensor_bytes', 'weight_bytes', 'quantize', 'flatten_quantized',
-           'quantized_parts', 'unflatten_quantized']
+__all__ = ['SCHEMES', 'torchao_config', 'tensor_bytes', 'weight_bytes', 'quantize', 'flatten_quantized', 'quantized_parts',
+           'unflatten_quantized']
 
 # %% ../../nbs/misc/quantize.ipynb #7bc6f528
 SCHEMES = {'int8': 'Int8WeightOnlyConfig', 'int8-dynamic': 'Int8DynamicActivationInt8WeightConfig'}
@@ -31,10 +32,6 @@ def torchao_config(scheme:str='int8', # One of `SCHEMES`
     return getattr(_torchao_quantization(), SCHEMES[scheme])()
 
 # %% ../../nbs/misc/quantize.ipynb #e54644f8
-def is_quantized(t:torch.Tensor) -> bool:
-    "Whether `t` is a tensor subclass that holds other tensors, as quantized weights do"
-    return isinstance(t, torch.Tensor) and type(t) not in (torch.Tensor, nn.Parameter) and hasattr(t, '__tensor_flatten__')
-
 def tensor_bytes(t:torch.Tensor) -> int:
     "Bytes `t` stores: its elements, or for a quantized tensor those of the tensors it holds"
     if not is_quantized(t): return t.numel() * t.element_size()
@@ -67,7 +64,8 @@ def quantize(model:nn.Module,   # A model, factorized or not
             ) -> nn.Module:
     "`model` with the weights of the selected `nn.Linear` layers (factors included) quantized by torchao"
     config, quantize_ = torchao_config(scheme), _torchao_quantization().quantize_
-    targets = select_targets(model, layers, exclude)
+    # one input feature (the second factor at rank 1): out_features weights, on which torchao's int8 fails; left in float
+    targets = [t for t in select_targets(model, layers, exclude) if features(t.layer)[0] > 1]
     if not targets: raise ValueError("No Linear layer to quantize: layers/exclude select none")
     tied = tied_names(model, targets)
     for t in targets: _check_quantizable(t.names[0], t.layer, [n for n in tied[id(t.layer)] if not n.endswith('bias')])

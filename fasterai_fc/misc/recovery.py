@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from fastcore.imports import IN_NOTEBOOK
 from fastprogress.fastprogress import progress_bar
-from .lowrank import LowRankLinear, is_linear_like
+from .lowrank import LowRankLinear, is_linear_like, is_quantized
 from .ranks import linear_flops
 from .calibration import as_batches, call_order, eval_mode, evaluating, feed, output_error, token_mask
 
@@ -224,6 +224,9 @@ def distill(student:nn.Module,      # The compressed model: its LowRankLinear la
     "Train the factorized layers of `student` to reproduce `teacher` on `data`; keeps the weights best on held-out batches"
     params = _low_rank_params(student)
     if not params: raise ValueError("student has no LowRankLinear layer to train: decompose it first")
+    frozen = next((f'{prefix}.{name}' if prefix else name for prefix, m in student.named_modules() if isinstance(m, LowRankLinear)
+                   for name, p in m.named_parameters() if is_quantized(p)), None)
+    if frozen: raise ValueError(f"'{frozen}' is quantized: its weights cannot train; distill the float model, then quantize it")
     if match not in MATCHES: raise ValueError(f"match must be one of {MATCHES}, got {match!r}")
     if schedule not in SCHEDULES: raise ValueError(f"schedule must be one of {tuple(SCHEDULES)}, got {schedule!r}")
     output_fn, (train, held) = output_fn or main_output, split_valid(as_batches(data, n_batches), valid)

@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 from .lowrank import LowRankLinear, features, linear_kind, low_rank_from_factors
 from .layers import swap_in, undo_swaps
-from .quantize import flatten_quantized, is_quantized, quantized_parts, unflatten_quantized
+from .lowrank import is_quantized
+from .quantize import flatten_quantized, quantized_parts, unflatten_quantized
 from .remote import write_remote_code
 
 # %% auto #0
