@@ -248,8 +248,9 @@ def _decompose(args):
     _check_directory_options(args, source, out)
     rule = {name: getattr(args, name) for name in _RULES if getattr(args, name) is not None}
     if source.is_dir() and streamable(source):
-        if args.quantize: raise CLIError(f"--quantize needs the whole model in memory, and {source} is decomposed from disk one layer "
-                                         "at a time: decompose it, then quantize(load_low_rank(OUT)) and save_low_rank it")
+        if args.quantize and args.data:
+            raise CLIError("--quantize with --data: the calibrated pipeline reads the blocks it wrote back to calibrate the next ones; "
+                           "decompose with --data, then quantize(load_low_rank(OUT)) and save_low_rank it")
         return _streamed(args, rule, source, out)
     calibration = _calibration(args, source) # before the model: a bad data file fails fast
     model, kind = load_model(source, args.factory, args.trusted)
@@ -267,7 +268,8 @@ def _decompose(args):
 def _streamed(args, rule:dict, source:Path, out:Path):
     "`fasterai_fc decompose` of a directory of safetensors from disk: one layer at a time, or block by block with --data; over the ranks under torchrun"
     calibration = _calibration(args, source) # with the data: the calibrated pipeline, one block at a time
-    run = (lambda *a, **kw: decompose_calibrated(*a, method=args.method, **calibration, **kw)) if calibration else decompose_checkpoint
+    run = ((lambda *a, **kw: decompose_calibrated(*a, method=args.method, **calibration, **kw)) if calibration else
+           (lambda *a, **kw: decompose_checkpoint(*a, quantize=args.quantize, **kw)))
     report = run(source, out, layers=args.layers, exclude=args.exclude, force=args.force, overwrite=args.overwrite, max_shard_size=args.max_shard_size, **rule)
     tokenizer = f', with the tokenizer of {source}' if any((source/name).is_file() for name in _TOKENIZER_FILES) else ''
     if torchrun_world()[0] == 0: print(f'{_layers_table(report)}\nFactorized model written to {out}{tokenizer}: load_low_rank(path) loads it')

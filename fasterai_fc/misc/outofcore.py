@@ -11,10 +11,11 @@ import torch
 import torch.nn as nn
 import torch.distributed as dist
 from .layers import LinearTarget, check_linear, dense_reason, select_targets, tied_names
-from .lowrank import features, work_weight
+from .lowrank import LowRankLinear, features, work_weight
+from .quantize import flatten_quantized, quantize, torchao_config
 from .ranks import rank_rule
 from .report import DecompositionReport, LayerReport
-from .serialization import RECORD_KEY, RECORD_VERSION, meta_model
+from .serialization import QUANTIZED_RECORD_VERSION, RECORD_KEY, RECORD_VERSION, meta_model
 from .svd import SVD_METHODS, Problem, factorize_layer
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
@@ -205,10 +206,11 @@ def _real_layer(target, tensors:list) -> nn.Module:
     layer._parameters = dict(zip(layer._parameters, [nn.Parameter(t, requires_grad=False) for t in tensors] + [None]))
     return layer
 
-def factorize_unit(unit:Unit, files:dict, rule:tuple, force:bool=False, svd_method:str='auto', device:str|torch.device='cpu') -> tuple:
-    "`(tensors to write by name, report row or None)` for one unit: a factorized (or dense) layer, or a tensor copied through"
+def factorize_unit(unit:Unit, files:dict, rule:tuple, force:bool=False, svd_method:str='auto', device:str|torch.device='cpu',
+                   scheme:str|None=None) -> tuple:
+    "`(tensors to write by name, report row or None, quantized descriptions)` for one unit: a factorized (or dense) layer, quantized with `scheme` if given, or a tensor copied through"
     tensors = [files[key].read(key) for key in unit.keys]
-    if unit.target is None: return dict(zip(unit.keys, tensors)), None
+    if unit.target is None: return dict(zip(unit.keys, tensors)), None, {}
     name = unit.name
     if not tensors[0].is_floating_point(): raise TypeError(f"'{unit.keys[0]}' has dtype {tensors[0].dtype}: only floating-point weights can be factorized")
     if not torch.isfinite(tensors[0]).all():
@@ -218,8 +220,12 @@ def factorize_unit(unit:Unit, files:dict, rule:tuple, force:bool=False, svd_meth
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # the randomized SVD draws the same vectors for a layer whatever runs before it
         new, row = factorize_layer(name, layer, Problem(work_weight(layer)), rule, force, svd_method)
-    if new is None: return dict(zip(unit.keys, tensors)), row
-    return {unit.prefix + key: t.detach().cpu() for key, t in new.state_dict().items()}, row
+    if new is None and not scheme: return dict(zip(unit.keys, tensors)), row, {}
+    module = layer if new is None else new
+    # a kept Linear-like that is not an nn.Linear (Conv1D), or an nn.Linear with one input, stays in float
+    if scheme and any(type(l) is nn.Linear and l.in_features > 1 for l in module.modules()): quantize(module, scheme, inplace=True)
+    tensors, descriptions = flatten_quantized({unit.prefix + key: t.detach().cpu() for key, t in module.state_dict().items()})
+    return tensors, row, descriptions
 
 # %% ../../nbs/misc/outofcore.ipynb #bc37adf9
 LOCK_FILE = '.fasterai_fc.lock'
@@ -310,18 +316,19 @@ def _work(units:list, mine:list, rank:int, done:dict, out:Path, job:str, max_byt
     "Process the units `mine` (indices into `units`) in order after those the parts `done` already hold, one part at a time"
     finished = {i for _, meta in done.values() for i in json.loads(meta['fasterai_fc_units'])}
     index = 1 + max((i for r, i in done if r == rank), default=-1)
-    tensors, held, rows = {}, [], []
+    tensors, held, rows, quantized = {}, [], [], {}
     def flush():
-        nonlocal index, tensors, held, rows
+        nonlocal index, tensors, held, rows, quantized
         meta = {'fasterai_fc_job': job, 'fasterai_fc_part': f'{rank}/{index}', 'fasterai_fc_units': json.dumps(held),
-                'fasterai_fc_rows': json.dumps([vars(r) for r in rows])}
+                'fasterai_fc_rows': json.dumps([vars(r) for r in rows]), 'fasterai_fc_quantized': json.dumps(quantized)}
         write_part(out, tensors, meta)
-        index, tensors, held, rows = index + 1, {}, [], []
+        index, tensors, held, rows, quantized = index + 1, {}, [], [], {}
     for i in mine:
         if i in finished: continue
-        new, row = factorize(units[i])
+        new, row, descriptions = factorize(units[i])
         if tensors and _size(tensors) + _size(new) > max_bytes: flush()
         tensors.update(new)
+        quantized.update(descriptions)
         held.append(i)
         if row is not None: rows.append(row)
     if tensors: flush()
@@ -348,7 +355,10 @@ def finish_output(source:Path, out:Path, job:str, n_units:int, dense:list, targe
     rows.update((r.name, r) for r in dense)
     report = DecompositionReport([rows[t.names[0]] for t in targets if t.names[0] in rows])
     ranks = {name: r.rank for t in targets for name in t.names if (r := rows.get(t.names[0])) and r.rank is not None}
-    _copy_side_files(source, out, {'low_rank': ranks, 'version': RECORD_VERSION})
+    quantized = {k: v for _, (_, meta) in parts for k, v in json.loads(meta.get('fasterai_fc_quantized', '{}')).items()}
+    record = {'low_rank': ranks, 'version': RECORD_VERSION}
+    if quantized: record.update(quantized=quantized, version=QUANTIZED_RECORD_VERSION)
+    _copy_side_files(source, out, record)
     n, weight_map, total = len(parts), {}, 0
     for k, (_, (path, _)) in enumerate(parts):
         final = out/('model.safetensors' if n == 1 else f'model-{k + 1:05d}-of-{n:05d}.safetensors')
@@ -410,12 +420,14 @@ def decompose_checkpoint(source:str|Path,   # A save_pretrained directory of saf
                          force:bool=False,                 # Factorize even layers where it saves no parameters
                          svd_method:str='auto',            # 'gram', 'exact', 'randomized', or 'auto' (per layer, by cost)
                          device:str|torch.device|None=None, # Where layers are factorized (None: this rank's GPU if CUDA is available, else the CPU)
+                         quantize:str|None=None,           # Then quantize each layer's factors (and the layers kept dense) with this scheme: 'int8' or 'int8-dynamic'
                         ) -> DecompositionReport:
     "Factorize the Linear layers of the checkpoint in `source` one at a time from disk into `out`; under torchrun, split over the ranks"
     source, out = Path(source), Path(out)
     rule = rank_rule(**({'percent_removed': percent_removed} if percent_removed is not None else {}),
                      energy_threshold=energy_threshold, rank=rank, param_ratio=param_ratio)
     if svd_method not in SVD_METHODS: raise ValueError(f"svd_method must be one of {SVD_METHODS}, got {svd_method!r}")
+    if quantize is not None: torchao_config(quantize) # an unknown scheme, or no torchao, fails before any work
     if out.resolve() == source.resolve(): raise ValueError(f"out {out} is the source directory: write the result elsewhere")
     files, skeleton = checkpoint_files(source), meta_model(source)
     return_freed_memory()  # else the heap keeps the freed layers and shards: 30 MB more at the peak, measured
@@ -424,7 +436,8 @@ def decompose_checkpoint(source:str|Path,   # A save_pretrained directory of saf
     units, dense = plan(skeleton, files, layers, exclude)
     rank_, world, local_rank = torchrun_world()
     device = torch.device(device or (f'cuda:{local_rank}' if torch.cuda.is_available() else 'cpu'))
-    settings = dict(rule=rule, layers=layers, exclude=exclude, max_shard_size=max_shard_size, force=force, svd_method=svd_method)
+    settings = dict(rule=rule, layers=layers, exclude=exclude, max_shard_size=max_shard_size, force=force, svd_method=svd_method,
+                    **({'quantize': quantize} if quantize else {})) # absent when None: the fingerprints of earlier jobs stay valid
     job, started = job_fingerprint(source, files, settings, world), _join(world, local_rank)
     try:
         if rank_ == 0: prepare_output(out, job, overwrite)
@@ -432,7 +445,7 @@ def decompose_checkpoint(source:str|Path,   # A save_pretrained directory of saf
         owner = balance([u.cost(files) for u in units], world)
         mine = [i for i, w in enumerate(owner) if w == rank_]
         _work(units, mine, rank_, complete_parts(out, job), out, job, parse_size(max_shard_size),
-              lambda u: factorize_unit(u, files, rule, force, svd_method, device))
+              lambda u: factorize_unit(u, files, rule, force, svd_method, device, quantize))
         _barrier(world)
         targets = select_targets(skeleton, layers, exclude)
         report = [finish_output(source, out, job, len(units), dense, targets) if rank_ == 0 else None]
