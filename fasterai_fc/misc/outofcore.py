@@ -450,6 +450,7 @@ def decompose_checkpoint(source:str|Path,   # A save_pretrained directory of saf
         targets = select_targets(skeleton, layers, exclude)
         report = [finish_output(source, out, job, len(units), dense, targets) if rank_ == 0 else None]
         if world > 1: dist.broadcast_object_list(report, src=0)
+        _barrier(world) # no rank leaves the group while another still receives the report
         return report[0]
     finally:
         if started: dist.destroy_process_group()

@@ -157,7 +157,11 @@ def torchrun_comm():
         if torch.cuda.is_available(): torch.cuda.set_device(local_rank)
         # ranks with lighter shares wait for the others at each block: allow a long job
         dist.init_process_group('nccl' if torch.cuda.is_available() else 'gloo', timeout=timedelta(hours=24))
-    try: yield TorchComm()
+    try:
+        yield TorchComm()
+        # every rank through its last collective before any tears its connections down (the suspected cause of a rare
+        # abort of one rank under load, 'terminate called without an active exception', right after the report's broadcast)
+        if started: dist.barrier()
     finally:
         if started: dist.destroy_process_group()
 
