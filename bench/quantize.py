@@ -97,23 +97,25 @@ def quant_bytes(rows:int, cols:int, bits:int, group:int|None=None) -> float:
     "Bytes of a rows x cols weight at `bits`, with a float32 scale per row (or per group of `group` columns)"
     return rows * cols * bits / 8 + 4 * rows * (-(-cols // group) if group else 1)
 
-def low_rank(w:torch.Tensor, rank:int) -> tuple:
-    "The factors (rank x in, out x rank) of the best rank-`rank` approximation of `w`"
-    u, s, vh = torch.linalg.svd(w.double(), full_matrices=False)
-    return (s[:rank, None] * vh[:rank]).float(), u[:, :rank].float().contiguous()
+BASES = {'factorize then quantize': None, 'int4 then residual': (4, 128), 'int8 then residual': (8, None)} # bits, group
 
-def order_weight(w:torch.Tensor, order:str, fraction:float) -> tuple:
-    "The effective weight of `order` at `fraction` of int8's bytes for this layer, and its bytes"
-    out, n_in = w.shape
-    int8 = quant_bytes(out, n_in, 8)
-    factor_bytes = lambda r: quant_bytes(r, n_in, 8) + quant_bytes(out, r, 8)
-    base = {'factorize then quantize': None, 'int4 then residual': (4, 128), 'int8 then residual': (8, None)}[order]
-    base_w = torch.zeros_like(w) if base is None else fake_quant(w, *base)
-    base_b = 0 if base is None else quant_bytes(out, n_in, *base)
-    rank = max(r for r in range(0, min(w.shape) + 1) if r == 0 or base_b + factor_bytes(r) <= fraction * int8)
-    if rank == 0: return base_w, base_b
-    first, second = low_rank(w - base_w, rank)
-    return base_w + fake_quant(second, 8) @ fake_quant(first, 8), base_b + factor_bytes(rank)
+class OrderLayer:
+    "One layer under one order: its quantized base (none when factorizing first) and the SVD of what the base leaves, computed once"
+    def __init__(self, w:torch.Tensor, order:str):
+        self.shape, base = w.shape, BASES[order]
+        self.base = torch.zeros_like(w) if base is None else fake_quant(w, *base)
+        self.base_bytes = 0 if base is None else quant_bytes(*w.shape, *base)
+        self.u, self.s, self.vh = torch.linalg.svd((w - self.base).double(), full_matrices=False)
+
+    def at(self, fraction:float) -> tuple:
+        "The effective weight at `fraction` of int8's bytes for this layer (the largest rank that fits, factors in int8), and its bytes"
+        out, n_in = self.shape
+        budget = fraction * quant_bytes(out, n_in, 8) - self.base_bytes
+        factor_bytes = lambda r: quant_bytes(r, n_in, 8) + quant_bytes(out, r, 8)
+        rank = max([r for r in range(1, min(out, n_in) + 1) if factor_bytes(r) <= budget], default=0)
+        if rank == 0: return self.base, self.base_bytes
+        first, second = (self.s[:rank, None] * self.vh[:rank]).float(), self.u[:, :rank].float().contiguous()
+        return self.base + fake_quant(second, 8) @ fake_quant(first, 8), self.base_bytes + factor_bytes(rank)
 
 ORDER_POINTS = {'factorize then quantize': (0.3, 0.4, 0.5, 0.6, 0.75), 'int4 then residual': (0.53, 0.6, 0.75, 1.0),
                 'int8 then residual': (1.0, 1.25, 1.5)}
@@ -122,14 +124,14 @@ WHITENED_POINTS = (0.3, 0.5, 0.75)
 
 def order_rows(name:str, model:nn.Module, scope, exclude, quality, calibration) -> list:
     "Fidelity of each order at each fraction of int8's bytes (the Linear weights in scope, biases left out)"
-    rows, weights = [], [t.layer for t in select_targets(model, scope, exclude)]
-    int8 = sum(quant_bytes(*l.weight.shape, 8) for l in weights)
+    rows, weights = [], [t.layer.weight.detach().float() for t in select_targets(model, scope, exclude)]
+    int8 = sum(quant_bytes(*w.shape, 8) for w in weights)
     for order, points in ORDER_POINTS.items():
+        layers = [OrderLayer(w, order) for w in weights] # one SVD per layer and order, whatever the fractions
         for fraction in points:
-            m = copy.deepcopy(model)
-            total = 0
-            for t in select_targets(m, scope, exclude):
-                w, b = order_weight(t.layer.weight.detach().float(), order, fraction)
+            m, total = copy.deepcopy(model), 0
+            for t, layer in zip(select_targets(m, scope, exclude), layers):
+                w, b = layer.at(fraction)
                 with torch.no_grad(): t.layer.weight.copy_(w)
                 total += b
             rows.append(dict(model=name, order=order, target=fraction, bytes_of_int8=total / int8, fidelity=quality(m)))

@@ -11,8 +11,9 @@ import torch
 import torch.nn as nn
 import torch.distributed as dist
 from .layers import LinearTarget, check_linear, dense_reason, select_targets, tied_names
-from .lowrank import LowRankLinear, features, work_weight
-from .quantize import flatten_quantized, quantize, torchao_config
+from .lowrank import features, work_weight
+from .quantize import flatten_quantized, torchao_config
+from .quantize import quantize as quantize_layers # `quantize` is decompose_checkpoint's scheme argument
 from .ranks import rank_rule
 from .report import DecompositionReport, LayerReport
 from .serialization import QUANTIZED_RECORD_VERSION, RECORD_KEY, RECORD_VERSION, meta_model
@@ -223,7 +224,7 @@ def factorize_unit(unit:Unit, files:dict, rule:tuple, force:bool=False, svd_meth
     if new is None and not scheme: return dict(zip(unit.keys, tensors)), row, {}
     module = layer if new is None else new
     # a kept Linear-like that is not an nn.Linear (Conv1D), or an nn.Linear with one input, stays in float
-    if scheme and any(type(l) is nn.Linear and l.in_features > 1 for l in module.modules()): quantize(module, scheme, inplace=True)
+    if scheme and any(type(l) is nn.Linear and l.in_features > 1 for l in module.modules()): quantize_layers(module, scheme, inplace=True)
     tensors, descriptions = flatten_quantized({unit.prefix + key: t.detach().cpu() for key, t in module.state_dict().items()})
     return tensors, row, descriptions
 

@@ -110,7 +110,7 @@ class Checkpoint(Mapping):
         self._parts = {name: quantized_parts(name, sources) for name in self.quantized}
         hidden = {part for parts in self._parts.values() for part in parts}
         self._names = [n for n in sources if n not in hidden] + [n for n in self.quantized if n not in sources]
-        self._known = set(self._names)
+        self._known, self._shapes = set(self._names), {} # a quantized tensor's shape: read once, not at each check
 
     def _tensors(self, name) -> _Tensors:
         source = self.sources[name]
@@ -121,7 +121,10 @@ class Checkpoint(Mapping):
         if name not in self.quantized: return self._tensors(name)[name]
         parts = {part: self._tensors(part)[part] for part in self._parts[name]}
         return unflatten_quantized(parts, {name: self.quantized[name]})[name]
-    def shape(self, name) -> tuple: return tuple(self[name].shape) if name in self.quantized else self._tensors(name).shape(name)
+    def shape(self, name) -> tuple:
+        if name not in self.quantized: return self._tensors(name).shape(name)
+        if name not in self._shapes: self._shapes[name] = tuple(self[name].shape)
+        return self._shapes[name]
     def __iter__(self): return iter(self._names)
     def __len__(self): return len(self._names)
     def __contains__(self, name): return name in self._known
